@@ -1,0 +1,124 @@
+"""Files at the destination: written to a staging name, checksummed while written,
+fsynced, then installed under the final name without ever replacing a file.
+
+``os.link`` fails if the final name exists, so two writers racing on one exposure
+cannot overwrite each other, and a file under its final name is always complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from unembargo.models.exposure import FileReceipt
+
+CHUNK = 4 * 1024 * 1024
+
+
+class ChecksumWriter:
+    """A write-only, non-seekable file wrapper computing md5 and adler32 on the fly.
+
+    Being non-seekable makes ``zipfile`` stream (data descriptors, no seek-back),
+    so every byte passes through here exactly once.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._adler = 1
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._raw.write(data)
+        self._md5.update(data)
+        self._adler = zlib.adler32(data, self._adler)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+    @property
+    def adler32(self) -> str:
+        return f"{self._adler:08x}"
+
+
+def checksums(path: Path) -> tuple[int, str, str]:
+    """(size, md5, adler32) of a file, read once in large chunks."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    adler = 1
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            md5.update(chunk)
+            adler = zlib.adler32(chunk, adler)
+            size += len(chunk)
+    return size, md5.hexdigest(), f"{adler:08x}"
+
+
+def receipt(root: Path, path: Path) -> FileReceipt:
+    """Receipt of an installed file: relative name, size and checksums."""
+    size, md5, adler32 = checksums(path)
+    return FileReceipt(relpath=path.relative_to(root).as_posix(), size=size, md5=md5, adler32=adler32)
+
+
+def staging_path(final: Path) -> Path:
+    """A unique hidden staging name beside the final one (same filesystem, same dir)."""
+    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.partial")
+
+
+def remove_stale_staging(final: Path) -> int:
+    """Delete staging files an earlier, crashed attempt left for ``final``."""
+    removed = 0
+    for stale in final.parent.glob(f".{final.name}.*.partial"):
+        stale.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+@contextmanager
+def staged(final: Path) -> Iterator[tuple[BinaryIO, Path]]:
+    """Open a staging file for ``final``; removed again unless installed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_path(final)
+    try:
+        with open(staging, "xb") as f:
+            yield f, staging
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def install(staging: Path, final: Path) -> bool:
+    """Make ``staging`` durable and visible as ``final``; False if ``final`` exists.
+
+    Never replaces an existing file: the caller decides whether what is there is
+    the same content (done already) or a conflict.
+    """
+    with open(staging, "rb") as f:
+        os.fsync(f.fileno())
+    try:
+        os.link(staging, final)
+    except FileExistsError:
+        return False
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True

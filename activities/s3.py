@@ -1,0 +1,119 @@
+"""The embargo bucket, read only: list an exposure's folder, read objects back verified.
+
+Every object read is checked against the listing it came from: its byte count,
+and its md5 when the ETag is a plain md5 (a multipart ETag, ``<md5>-<parts>``,
+is not the md5 of the object). Reads ask for the listed ETag (``If-Match``), so
+an object replaced after the listing is noticed instead of zipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from unembargo.models.errors import SourceMismatch
+
+# boto3 clients are generated at run time; no type stubs are installed.
+S3Client = Any
+
+_PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+# Reads of one object that disagree with the listing before it counts as broken.
+READ_ATTEMPTS = 3
+
+
+class SourceChanged(Exception):
+    """An object changed since it was listed, or reads of it disagree: retry the step.
+
+    Transient (not a BadInput): the next attempt lists the folder again.
+    """
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """One listed object: what the bucket says it holds."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+    @property
+    def md5(self) -> str | None:
+        """The object's md5 if its ETag is one (single-part upload), else None."""
+        return self.etag if _PLAIN_MD5.match(self.etag) else None
+
+
+def list_folder(client: S3Client, bucket: str, prefix: str) -> list[S3Object]:
+    """Every object whose key starts with ``prefix``, in key order (all pages)."""
+    return sorted(_iter_folder(client, bucket, prefix), key=lambda obj: obj.key)
+
+
+def _iter_folder(client: S3Client, bucket: str, prefix: str) -> Iterator[S3Object]:
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            yield S3Object(
+                key=item["Key"],
+                size=int(item["Size"]),
+                etag=item["ETag"].strip('"').lower(),
+                last_modified=item["LastModified"],
+            )
+
+
+def disagreement(obj: S3Object, data: bytes) -> str | None:
+    """How ``data`` differs from the listing of ``obj`` (size, then md5), or None."""
+    if len(data) != obj.size:
+        return f"{len(data)} bytes where the listing says {obj.size}"
+    expected = obj.md5
+    if expected is not None:
+        actual = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if actual != expected:
+            return f"md5 {actual} where the ETag says {expected}"
+    return None
+
+
+def read_verified(client: S3Client, bucket: str, obj: S3Object) -> bytes:
+    """The bytes of ``obj``, checked against its listing.
+
+    A read that disagrees is tried again: if every read comes back wrong in the
+    same way, the object itself is bad (SourceMismatch, an operator must look);
+    if reads differ from each other, it was the transfer (SourceChanged, retried).
+    """
+    seen: set[str] = set()
+    for _ in range(READ_ATTEMPTS):
+        data = _get(client, bucket, obj)
+        problem = disagreement(obj, data)
+        if problem is None:
+            return data
+        seen.add(problem)
+    if len(seen) == 1:
+        raise SourceMismatch(
+            f"s3://{bucket}/{obj.key} reads back as {seen.pop()} on {READ_ATTEMPTS} reads: "
+            "the object does not match its own listing; check the object in the embargo "
+            "bucket (re-upload it) before unembargoing this exposure"
+        )
+    raise SourceChanged(
+        f"s3://{bucket}/{obj.key}: {READ_ATTEMPTS} reads disagreed with the listing "
+        "and with each other; retrying"
+    )
+
+
+def _get(client: S3Client, bucket: str, obj: S3Object) -> bytes:
+    try:
+        response = client.get_object(Bucket=bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("PreconditionFailed", "412", "NoSuchKey"):
+            raise SourceChanged(
+                f"s3://{bucket}/{obj.key} changed or vanished since it was listed ({code}); "
+                "retrying with a fresh listing"
+            ) from None
+        raise
+    with response["Body"] as body:
+        return body.read()

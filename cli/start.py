@@ -1,0 +1,115 @@
+"""``unembargo start``: one workflow per exposure past its embargo period."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from unembargo.client.progress import Progress
+from unembargo.client.run import StartRequest, StartResult, run_start
+from unembargo.models.settings import Settings
+
+console = Console()
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'80h', '30m', '2d', '45s' or '0' as a timedelta.
+
+    >>> parse_duration("80h")
+    datetime.timedelta(days=3, seconds=28800)
+    """
+    if text.strip() == "0":
+        return timedelta(0)
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a duration like 80h, 30m, 2d or 0")
+    return timedelta(**{_UNIT[match.group(2)]: float(match.group(1))})
+
+
+def progress_table(rows: list[Progress]) -> Table:
+    """One line per exposure: status, current step, error; counts in the caption."""
+    table = Table("exposure", "status", "step", "error")
+    for row in rows:
+        style = _STYLE.get(row.status, "")
+        status = f"[{style}]{row.status}[/{style}]" if style else row.status
+        table.add_row(row.workflow_id.removeprefix("unembargo-"), status, row.step, row.error or "")
+    table.caption = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.status for r in rows).items()))
+    return table
+
+
+def _live_view(live: Live) -> Callable[[list[Progress]], None]:
+    def update(rows: list[Progress]) -> None:
+        live.update(progress_table(rows), refresh=True)
+
+    return update
+
+
+def start(
+    ctx: typer.Context,
+    window: Annotated[
+        str | None,
+        typer.Option(help="Embargo period for every exposure, overriding the configured rules (e.g. 80h)."),
+    ] = None,
+    lookback: Annotated[str, typer.Option(help="Ignore exposures that ended longer ago than this.")] = "30d",
+    day: Annotated[int | None, typer.Option(help="Only this day_obs (YYYYMMDD).")] = None,
+    instrument: Annotated[str, typer.Option(help="Instrument name.")] = "LSSTCam",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would start; start nothing.")] = False,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once started.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Start one durable workflow per exposure whose embargo has passed.
+
+    Exposures already running or done are reported and not started again.
+    Exit code 0 only if no selected exposure failed.
+    """
+    settings: Settings = ctx.obj
+    request = StartRequest(
+        instrument=instrument,
+        window=parse_duration(window) if window is not None else None,
+        lookback=parse_duration(lookback),
+        day_obs=day,
+        dry_run=dry_run,
+    )
+    wait = not (no_wait or dry_run)
+    if as_json or not wait:
+        result = asyncio.run(run_start(settings, request, wait=wait))
+    else:
+        with Live(console=console, auto_refresh=False) as live:
+            result = asyncio.run(run_start(settings, request, wait=True, on_update=_live_view(live)))
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        _print_summary(settings, result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_summary(settings: Settings, result: StartResult) -> None:
+    if not result.outcomes:
+        verb = "would start" if result.selected else "nothing to start"
+        console.print(f"{len(result.selected)} exposure(s) past their embargo; {verb}")
+        for exp in result.selected:
+            console.print(f"  {exp.instrument} {exp.day_obs} {exp.obs_id}")
+    else:
+        counts = Counter(o.outcome for o in result.outcomes)
+        console.print(
+            f"{len(result.selected)} exposure(s) past their embargo: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        )
+    if result.finished:
+        done = Counter(p.status for p in result.finished)
+        console.print("finished: " + ", ".join(f"{n} {k}" for k, n in sorted(done.items())))
+    console.print(f"Temporal web UI: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows")

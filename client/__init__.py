@@ -1,0 +1,1 @@
+"""Temporal client side: select exposures, start and watch their workflows."""

@@ -1,0 +1,115 @@
+"""The ``unembargo start`` job as a library call: select, start, watch.
+
+    >>> result = asyncio.run(run_start(Settings(), StartRequest(window=timedelta(hours=80))))  # doctest: +SKIP
+    >>> result.ok  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlmodel import Session
+
+from unembargo.client.connection import connect
+from unembargo.client.progress import Progress, watch
+from unembargo.client.starter import StartOutcome, start_exposures
+from unembargo.models.exposure import Exposure, Policy
+from unembargo.models.settings import Settings
+from unembargo.models.tables import connect as db_connect
+from unembargo.models.tables import step_queues
+
+# Outcomes that count as success for the exit code.
+GOOD = {"started", "running", "completed"}
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """Which exposures to select."""
+
+    instrument: str = "LSSTCam"
+    # None: each exposure's configured embargo rule decides; else this period for all.
+    window: timedelta | None = None
+    lookback: timedelta = timedelta(days=30)
+    day_obs: int | None = None
+    dry_run: bool = False
+
+
+@dataclass
+class StartResult:
+    selected: list[Exposure]
+    outcomes: list[StartOutcome] = field(default_factory=list)
+    finished: list[Progress] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed: every start succeeded and every watched run completed."""
+        if any(o.outcome not in GOOD for o in self.outcomes):
+            return False
+        return all(p.status == "completed" for p in self.finished)
+
+    def as_dict(self) -> dict[str, object]:
+        status = {p.workflow_id: asdict(p) for p in self.finished}
+        return {
+            "ok": self.ok,
+            "selected": len(self.selected),
+            "exposures": [
+                {**asdict(o.exposure), "workflow_id": o.workflow_id, "outcome": o.outcome,
+                 "final": status.get(o.workflow_id)}  # fmt: skip
+                for o in self.outcomes
+            ]
+            or [asdict(e) for e in self.selected],
+        }
+
+
+def select(settings: Settings, request: StartRequest, now: datetime | None = None) -> list[Exposure]:
+    """Exposures of the embargo butler whose embargo period has passed."""
+    from lsst.daf.butler import Butler
+
+    from unembargo.activities.selection import select_exposures
+
+    butler = Butler.from_config(settings.embargo_butler, writeable=False)
+    return select_exposures(
+        butler,
+        instrument=request.instrument,
+        rules=settings.embargo_rules,
+        window=request.window,
+        lookback=request.lookback,
+        day_obs=request.day_obs,
+        now=now or datetime.now(UTC),
+    )
+
+
+async def run_start(
+    settings: Settings,
+    request: StartRequest,
+    wait: bool = True,
+    on_update: Callable[[list[Progress]], None] | None = None,
+    policy: Policy | None = None,
+) -> StartResult:
+    """Select eligible exposures, start their workflows, optionally watch them finish."""
+    result = StartResult(selected=await asyncio.to_thread(select, settings, request))
+    if request.dry_run or not result.selected:
+        return result
+    with Session(db_connect(settings.database_url.get_secret_value())) as session:
+        queues = step_queues(session)
+    client = await connect(settings)
+    result.outcomes = await start_exposures(
+        client, settings.workflow_task_queue, result.selected, queues, policy or settings_policy(settings)
+    )
+    if wait:
+        ids = [o.workflow_id for o in result.outcomes if o.outcome in ("started", "running")]
+        if ids:
+            result.finished = await watch(client, ids, on_update or (lambda rows: None))
+    return result
+
+
+def settings_policy(settings: Settings) -> Policy:
+    """The workflow policy the settings ask for."""
+    return Policy(
+        incomplete_wait_s=settings.incomplete_wait.total_seconds(),
+        incomplete_poll_s=settings.incomplete_poll.total_seconds(),
+    )

