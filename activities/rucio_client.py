@@ -56,7 +56,8 @@ def use_client_config(settings: Settings) -> Path:
     token_dir = root / "token"
     token_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = root / "client.cfg"
-    text = client_config_text(settings, token_dir / f"auth_token_for_account_{settings.rucio_account}")
+    token_file = token_dir / f"auth_token_for_account_{settings.rucio_account}"
+    text = client_config_text(settings, token_file)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     os.environ["RUCIO_CONFIG"] = str(path)

@@ -13,7 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from unembargo.models import names
@@ -57,10 +62,10 @@ async def _start_one(
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=TypedSearchAttributes(
                 [
-                    SA_INSTRUMENT.value_set(exposure.instrument),
-                    SA_DAY_OBS.value_set(exposure.day_obs),
-                    SA_OBS_ID.value_set(exposure.obs_id),
-                    SA_STEP.value_set("queued"),
+                    SearchAttributePair(SA_INSTRUMENT, exposure.instrument),
+                    SearchAttributePair(SA_DAY_OBS, exposure.day_obs),
+                    SearchAttributePair(SA_OBS_ID, exposure.obs_id),
+                    SearchAttributePair(SA_STEP, "queued"),
                 ]
             ),
         )

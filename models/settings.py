@@ -39,8 +39,10 @@ class EmbargoRule(BaseModel):
 
 # As operators configure it today: calibrations that cannot see the sky are free at
 # once; everything else waits the full embargo period. First matching rule wins.
+# The butler's query language has no TRUE/FALSE literals: test a boolean column
+# directly. An exposure whose can_see_sky is NULL matches no rule but the last.
 DEFAULT_RULES = [
-    EmbargoRule(where="exposure.can_see_sky = FALSE", period=timedelta(0)),
+    EmbargoRule(where="NOT exposure.can_see_sky", period=timedelta(0)),
     EmbargoRule(where="", period=timedelta(hours=80)),
 ]
 

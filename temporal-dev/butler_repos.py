@@ -13,11 +13,10 @@ from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError
-from lsst.daf.butler import Butler, CollectionType, Config, DatasetType
+from lsst.daf.butler import Butler, Config, DatasetType
 from lsst.resources import ResourcePath
 
-from unembargo.devstack import lsstcam, skymap
+from unembargo.devstack import lsstcam, s3, skymap
 from unembargo.models.settings import Settings
 
 RAW = "raw"
@@ -47,15 +46,6 @@ def s3_client(settings: Settings, pool: int = 32) -> S3Client:
         endpoint_url=settings.s3_endpoint_url,
         config=BotoConfig(max_pool_connections=pool, retries={"mode": "standard", "max_attempts": 5}),
     )
-
-
-def ensure_bucket(settings: Settings) -> None:
-    """Create the embargo bucket unless it exists (moto starts empty)."""
-    client = s3_client(settings, pool=2)
-    try:
-        client.head_bucket(Bucket=settings.s3_bucket)
-    except ClientError:
-        client.create_bucket(Bucket=settings.s3_bucket)
 
 
 def datastore_root(settings: Settings) -> str:
@@ -110,9 +100,7 @@ def _instrument_records() -> dict[str, list[dict[str, object]]]:
             }
             for d in lsstcam.DETECTORS
         ],
-        "visit_system": [
-            {"instrument": name, "id": i, "name": n} for i, n in lsstcam.VISIT_SYSTEMS.items()
-        ],
+        "visit_system": [{"instrument": name, "id": i, "name": n} for i, n in lsstcam.VISIT_SYSTEMS.items()],
     }
 
 
@@ -128,9 +116,7 @@ def _skymap_records() -> dict[str, list[dict[str, object]]]:
                 "patch_ny_max": skymap.PATCHES_PER_SIDE,
             }
         ],
-        "tract": [
-            {"skymap": skymap.SKYMAP, "id": t.id, "region": t.region} for t in skymap.covered_tracts()
-        ],
+        "tract": [{"skymap": skymap.SKYMAP, "id": t.id, "region": t.region} for t in skymap.covered_tracts()],
     }
 
 
@@ -149,7 +135,7 @@ def _populate_embargo(butler: Butler) -> None:
     _insert_all(butler, _skymap_records())
     _register_raw_types(butler)
     for run in (RAW_RUN, GUIDER_RUN):
-        butler.collections.register(run, CollectionType.RUN)
+        butler.collections.register(run)  # a RUN collection
 
 
 def _populate_main(butler: Butler) -> None:
@@ -161,7 +147,7 @@ def _populate_main(butler: Butler) -> None:
 def ensure_repos(settings: Settings) -> None:
     """Create and populate the embargo and main butler repos unless they already are."""
     use_s3_endpoint(settings)
-    ensure_bucket(settings)
+    s3.ensure_bucket(settings)
     if not _exists(settings.embargo_butler):
         _make_embargo_repo(settings)
     if not _exists(settings.main_butler):

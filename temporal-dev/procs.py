@@ -17,6 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# Handles of the children this process started: dropping a running Popen warns
+# (ResourceWarning), and keeping it lets ``stop`` reap the child (no zombie).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 class StackError(RuntimeError):
     """A service of the local stack could not be started or reached."""
@@ -85,6 +89,7 @@ def start(
             cwd=cwd,
             start_new_session=True,
         )
+    _children[proc.pid] = proc
     start_time = _proc_start_time(proc.pid)
     if start_time is None:
         raise StackError(f"{name} exited at once; see {log}")
@@ -105,6 +110,9 @@ def stop(state_dir: Path, name: str, timeout: float = 20.0) -> bool:
             break
         if poll(lambda: _proc_start_time(rec.pid) is None, timeout, raise_on_timeout=False):
             break
+    child = _children.pop(rec.pid, None)
+    if child is not None:
+        child.wait(timeout)
     pidfile(state_dir, name).unlink(missing_ok=True)
     return True
 

@@ -37,7 +37,7 @@ def database_built() -> bool:
 
 
 def ensure_root(username: str, password: str) -> None:
-    """Create root with only a userpass identity; the password is set in memory, not in rucio.cfg."""
+    """Create root with a userpass identity only; its password is set in memory, not in a file."""
     with db_session(DatabaseOperationType.READ) as session:
         if account_exists(ROOT, session=session):
             return
@@ -79,7 +79,13 @@ def ensure_password(username: str, password: str) -> None:
             set_password(username, password, session)
         except IdentityError:
             add_account_identity(
-                username, IdentityType.USERPASS, ROOT, email, default=True, password=password, session=session
+                username,
+                IdentityType.USERPASS,
+                ROOT,
+                email,
+                default=True,
+                password=password,
+                session=session,
             )
     print(f"set the password of userpass identity {username!r}", flush=True)
 

@@ -6,13 +6,15 @@
 Everything lives under ``<state_dir>/rucio/``: ``venv/`` (PyPI ``rucio[postgresql]`` at the
 version of the app's rucio-clients, plus gunicorn), ``rucio.cfg``, ``alembic.ini`` and
 ``client.cfg``. The server pins its own Flask/SQLAlchemy, so it never shares the app venv.
-The root password is generated once into ``settings.rucio_password_file`` (0600) and
-reaches the bootstrap script on stdin only.
+Its catalog is the database ``unembargo_rucio_<hash of the state dir>``. The root password
+is generated once into ``settings.rucio_password_file`` (0600) and reaches the bootstrap
+script on stdin only.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -41,17 +43,17 @@ if TYPE_CHECKING:
     from rucio.client import Client
 
 SERVICE = "rucio"
-DATABASE = "unembargo_rucio"
+DATABASE_PREFIX = "unembargo_rucio"
 BOOTSTRAP = Path(__file__).with_name("rucio_bootstrap.py")
 # The PFN that must equal the destination file (design: files are registered in place).
 PROBE = ("LSSTCam", 20251231, "MC_O_20251231_000010")
-# pip from an empty venv took about 50 s here; the server answers /ping 5-10 s after start.
+# pip into an empty venv took 25-50 s here; the server answers /ping about 2 s after start.
 PIP_TIMEOUT_S = 900.0
 START_TIMEOUT_S = 90.0
-# Two processes use both cores (per-call cost is CPU: JSON schema checks); threads cover I/O waits.
-GUNICORN_WORKERS = 2
 # Pinned for --no-control-socket: by default gunicorn 27 puts a socket in ~/.gunicorn.
 GUNICORN_VERSION = "27.0.1"
+# Two processes use both cores (per-call cost is CPU: JSON schema checks); threads cover I/O waits.
+GUNICORN_WORKERS = 2
 GUNICORN_THREADS = 4
 FILE_PROTOCOL_IMPL = "rucio.rse.protocols.posix.Default"
 
@@ -85,6 +87,13 @@ class RucioPaths:
     def log_dir(self) -> Path:
         return self.state_dir / "log"
 
+    @property
+    def database(self) -> str:
+        """The PostgreSQL database of this state dir's Rucio (one per state dir)."""
+        # Stacks sharing one PostgreSQL (dev and the test stack) must not share Rucio's root
+        # account: each keeps its own password file, and each bootstrap would reset the other's.
+        return f"{DATABASE_PREFIX}_{hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8]}"
+
     def site_packages(self) -> Path:
         """The server venv's site-packages (its Python version is whatever created it)."""
         found = sorted(self.venv.glob("lib/python3*/site-packages"))
@@ -94,7 +103,7 @@ class RucioPaths:
 
 
 def ensure(settings: Settings, pg_admin_url: str) -> str:
-    """Bring up what is missing of the Rucio server, its scope and RSE; 'started' or 'already up'."""
+    """Bring up whatever is missing of the server, scope and RSE: 'started' or 'already up'."""
     host, port = loopback_address(settings.rucio_host)
     paths = RucioPaths.of(settings)
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -102,6 +111,12 @@ def ensure(settings: Settings, pg_admin_url: str) -> str:
         if health(settings)[0]:
             ensure_catalog(settings)
             return "already up"
+        ours = procs.recorded(paths.state_dir, SERVICE)
+        if ours is not None:
+            raise StackError(
+                f"the Rucio server started earlier (pid {ours.pid}) does not answer /ping; see "
+                f"{procs.logfile(paths.state_dir, SERVICE)}, then stop it and bring it up again"
+            )
         if procs.port_open(host, port):
             raise StackError(
                 f"{host}:{port} accepts connections but does not answer Rucio /ping: "
@@ -109,8 +124,9 @@ def ensure(settings: Settings, pg_admin_url: str) -> str:
             )
         password = ensure_password(settings)
         ensure_venv(paths)
-        ensure_database(pg_admin_url, DATABASE)
-        write_server_configs(paths, database_url(pg_admin_url, DATABASE), settings.rucio_username)
+        ensure_database(pg_admin_url, paths.database)
+        db_url = database_url(pg_admin_url, paths.database)
+        write_server_configs(paths, db_url, settings.rucio_username)
         bootstrap(paths, settings.rucio_username, password)
         start_server(paths, settings, host, port)
         ensure_catalog(settings)
@@ -120,8 +136,10 @@ def ensure(settings: Settings, pg_admin_url: str) -> str:
 def health(settings: Settings) -> tuple[bool, str]:
     """(True, version) if the Rucio server answers /ping, else (False, why)."""
     url = f"{settings.rucio_host.rstrip('/')}/ping"
+    # No proxy: an http_proxy in the environment must not see (or break) loopback calls.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
+        with opener.open(url, timeout=2) as reply:
             version = json.load(reply)["version"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         return False, f"Rucio not answering at {url}: {err}"
@@ -177,12 +195,17 @@ def rucio_version() -> str:
     return metadata.version("rucio-clients")
 
 
+def migrations_dir(paths: RucioPaths) -> Path:
+    """Rucio's alembic scripts, inside the server venv."""
+    return paths.site_packages() / "rucio" / "db" / "sqla" / "migrate_repo"
+
+
 def venv_ready(paths: RucioPaths) -> bool:
     """True if the server venv has rucio (with its migrations) and gunicorn."""
     if not (paths.venv / "bin" / "gunicorn").exists():
         return False
     try:
-        return (paths.site_packages() / "rucio" / "db" / "sqla" / "migrate_repo" / "env.py").exists()
+        return (migrations_dir(paths) / "env.py").exists()
     except StackError:
         return False
 
@@ -196,8 +219,14 @@ def ensure_venv(paths: RucioPaths) -> None:
     steps = [
         [sys.executable, "-m", "venv", str(paths.venv)],
         [
-            str(paths.venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-cache-dir",
-            f"rucio[postgresql]=={rucio_version()}", f"gunicorn=={GUNICORN_VERSION}",
+            str(paths.venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-cache-dir",
+            f"rucio[postgresql]=={rucio_version()}",
+            f"gunicorn=={GUNICORN_VERSION}",
         ],
     ]
     with open(log, "ab") as out:
@@ -218,8 +247,8 @@ def database_url(pg_admin_url: str, database: str) -> str:
 def ensure_database(pg_admin_url: str, database: str) -> None:
     """Create the PostgreSQL database if it does not exist yet."""
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
-        if exists is None:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        if found.fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
@@ -241,7 +270,7 @@ default = {_ini_value(db_url)}
 pool_size = 10
 max_overflow = 10
 pool_reset_on_return = rollback
-echo = 0
+echo = False
 
 [alembic]
 cfg = {paths.alembic_ini}
@@ -268,9 +297,8 @@ enable_metrics = False
 
 def alembic_ini_text(paths: RucioPaths, db_url: str) -> str:
     """alembic.ini that build_database stamps with: Rucio's own migration scripts."""
-    migrations = paths.site_packages() / "rucio" / "db" / "sqla" / "migrate_repo"
     return f"""[alembic]
-script_location = {migrations}
+script_location = {migrations_dir(paths)}
 sqlalchemy.url = {_ini_value(db_url)}
 
 [loggers]
@@ -351,10 +379,14 @@ def start_server(paths: RucioPaths, settings: Settings, host: str, port: int) ->
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     argv = [
         str(paths.venv / "bin" / "gunicorn"),
-        "--bind", bind,
-        "--workers", str(GUNICORN_WORKERS),
-        "--threads", str(GUNICORN_THREADS),
-        "--timeout", "120",
+        "--bind",
+        bind,
+        "--workers",
+        str(GUNICORN_WORKERS),
+        "--threads",
+        str(GUNICORN_THREADS),
+        "--timeout",
+        "120",
         "--no-control-socket",
         "rucio.web.rest.flaskapi.v1.main:application",
     ]
@@ -369,12 +401,21 @@ def start_server(paths: RucioPaths, settings: Settings, host: str, port: int) ->
         raise StackError(f"the Rucio server exited during start; see {log}")
     if not answered:
         procs.stop(paths.state_dir, SERVICE)
-        raise StackError(f"the Rucio server did not answer /ping within {START_TIMEOUT_S:.0f}s; see {log}")
+        raise StackError(f"Rucio did not answer /ping within {START_TIMEOUT_S:.0f}s; see {log}")
 
 
 def ensure_catalog(settings: Settings) -> None:
     """The application's scope and destination RSE exist, and PFNs land on destination files."""
-    client = connect(settings)
+    from rucio.common.exception import CannotAuthenticate
+
+    try:
+        client = connect(settings)
+    except CannotAuthenticate as err:
+        raise StackError(
+            f"Rucio at {settings.rucio_host} rejected user {settings.rucio_username!r}: it was "
+            "set up with another password; stop that server and bring it up again, which "
+            "re-sets the password from the password file"
+        ) from err
     ensure_scope(client, settings.rucio_account, settings.rucio_scope)
     ensure_rse(client, settings.rucio_rse, settings.rse_prefix)
     check_pfn(client, settings.rucio_rse, settings.rucio_scope, settings.dest_root)
@@ -402,7 +443,7 @@ def ensure_rse(client: Client, rse: str, prefix: Path) -> None:
     ensure_file_protocol(client, rse, prefix, info.get("protocols") or [])
 
 
-def ensure_file_protocol(client: Client, rse: str, prefix: Path, protocols: list[dict]) -> None:
+def ensure_file_protocol(client: Client, rse: str, prefix: Path, protocols: list[dict[str, object]]) -> None:
     """Add the posix ``file`` protocol at ``prefix``; refuse to move an existing one elsewhere."""
     wanted = str(prefix.resolve()).rstrip("/") + "/"
     for proto in protocols:
@@ -432,7 +473,8 @@ def ensure_file_protocol(client: Client, rse: str, prefix: Path, protocols: list
 
 def pfn_path(client: Client, rse: str, scope: str, name: str) -> Path:
     """The local path Rucio assigns to scope:name on a file RSE."""
-    pfn = client.lfns2pfns(rse, [f"{scope}:{name}"], operation="write", scheme="file")[f"{scope}:{name}"]
+    lfn = f"{scope}:{name}"
+    pfn = client.lfns2pfns(rse, [lfn], operation="write", scheme="file")[lfn]
     return Path(urlsplit(pfn).path)
 
 

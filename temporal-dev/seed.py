@@ -55,10 +55,12 @@ from unembargo.devstack.butler_repos import (
     use_s3_endpoint,
 )
 from unembargo.devstack.formatter import SyntheticRawFormatter
-from unembargo.models.names import exposure_prefix, expected_sensors_name
+from unembargo.models.names import expected_sensors_name, exposure_prefix
 from unembargo.models.settings import Settings
 
 INSTRUMENT = lsstcam.INSTRUMENT
+# A dimension record as insertDimensionData takes it.
+Record = dict[str, Any]
 # First exposure of a night starts 11 h after the day_obs rollover (23:00 UTC,
 # evening in Chile); later ones follow at the survey's cadence.
 NIGHT_START = timedelta(hours=11)
@@ -170,23 +172,15 @@ def plan_exposure(
 ) -> ExposurePlan:
     """Deterministic plan of an exposure: same arguments, same exposure, every time."""
     if observation_type not in OBSERVATION_TYPES:
-        raise ValueError(
-            f"observation_type {observation_type!r} is not one of {sorted(OBSERVATION_TYPES)}"
-        )
+        raise ValueError(f"observation_type {observation_type!r} is not one of {sorted(OBSERVATION_TYPES)}")
     exposure_time, on_sky, img_type, reason = OBSERVATION_TYPES[observation_type]
     # A string seed hashes the same in every process (unlike hash()).
     rng = random.Random(f"{day_obs}:{seq_num}")
     physical_filter = rng.choice(lsstcam.SKY_FILTERS)
     ra, dec = skymap.random_pointing(rng) if on_tract else skymap.NO_TRACT_POINTING
-    sky = dict(
-        ra=ra,
-        dec=dec,
-        sky_angle=round(rng.uniform(0.0, 360.0), 4),
-        azimuth=round(rng.uniform(0.0, 360.0), 4),
-        zenith_angle=round(rng.uniform(5.0, 55.0), 4),
-    )
-    if not on_sky:
-        sky = dict.fromkeys(sky)
+    angles = (rng.uniform(0.0, 360.0), rng.uniform(0.0, 360.0), rng.uniform(5.0, 55.0))
+    # Off sky (calibrations): no pointing is recorded.
+    sky: tuple[float | None, ...] = (ra, dec, *(round(a, 4) for a in angles)) if on_sky else (None,) * 5
     return ExposurePlan(
         day_obs=day_obs,
         seq_num=seq_num,
@@ -199,7 +193,11 @@ def plan_exposure(
         observation_reason=reason,
         science_program="BLOCK-365" if on_sky else "BLOCK-T246",
         target_name=f"lowdust_{rng.randrange(1000):03d}" if on_sky else "UNKNOWN",
-        **sky,
+        ra=sky[0],
+        dec=sky[1],
+        sky_angle=sky[2],
+        azimuth=sky[3],
+        zenith_angle=sky[4],
     )
 
 
@@ -330,10 +328,10 @@ def _upload_detector(
 # ---------------------------------------------------------------- dimension records
 
 
-def exposure_records(plan: ExposurePlan, detectors: Sequence[lsstcam.Detector]) -> dict[str, list[dict]]:
+def exposure_records(plan: ExposurePlan, detectors: Sequence[lsstcam.Detector]) -> dict[str, list[Record]]:
     """Dimension records of one exposure, by element, in insertion order."""
     common = {"instrument": INSTRUMENT}
-    records: dict[str, list[dict]] = {
+    records: dict[str, list[Record]] = {
         "day_obs": [{**common, "id": plan.day_obs, "timespan": _day_obs_timespan(plan.day_obs)}],
         "group": [{**common, "name": plan.group}],
         "exposure": [_exposure_record(plan)],
@@ -379,7 +377,7 @@ def _exposure_record(plan: ExposurePlan) -> dict[str, Any]:
 
 def _visit_records(
     plan: ExposurePlan, region: ConvexPolygon, detectors: Sequence[lsstcam.Detector]
-) -> dict[str, list[dict]]:
+) -> dict[str, list[Record]]:
     """One-exposure visit (id = exposure id), as defineVisits records it for LSSTCam."""
     visit = {"instrument": INSTRUMENT, "visit": plan.exposure_id}
     assert plan.ra is not None and plan.dec is not None and plan.sky_angle is not None
@@ -407,13 +405,17 @@ def _visit_records(
             {**visit, "visit_system": system} for system in (0, lsstcam.DEFAULT_VISIT_SYSTEM)
         ],
         "visit_detector_region": [
-            {**visit, "detector": d.id, "region": lsstcam.detector_region(d, plan.ra, plan.dec, plan.sky_angle)}
+            {
+                **visit,
+                "detector": d.id,
+                "region": lsstcam.detector_region(d, plan.ra, plan.dec, plan.sky_angle),
+            }
             for d in detectors
         ],
     }
 
 
-def _insert_records(butler: Butler, records: Mapping[str, list[dict]]) -> None:
+def _insert_records(butler: Butler, records: Mapping[str, list[Record]]) -> None:
     # skip_existing: records are deterministic, so an existing one is this one.
     with butler.transaction():
         for element, rows in records.items():

@@ -18,6 +18,8 @@ import pytest
 from support import stack_settings
 
 from unembargo.devstack import rucio_server, s3, stack
+from pydantic import SecretStr
+
 from unembargo.models.settings import Settings
 
 TEST_SERVICES = ("postgres", "s3", "temporal", "rucio")
@@ -50,15 +52,45 @@ def settings(stack_up: Settings, tmp_path_factory: pytest.TempPathFactory) -> Se
             "s3_bucket": f"embargo-{tag}",
             "embargo_butler": str(root / "butler" / "embargo"),
             "main_butler": str(root / "butler" / "main"),
-            "dest_root": root / "dest" / "raw",
+            # A scope of its own keeps this session's DIDs apart from any other's.
+            "rucio_scope": f"t{tag}",
+            "dest_root": root / "dest" / f"t{tag}",
             "rucio_rse": f"TEST_{tag.upper()}",
-            "database_url": f"sqlite:///{root / 'unembargo.db'}",
+            "database_url": SecretStr(f"sqlite:///{root / 'unembargo.db'}"),
             "workflow_task_queue": f"unembargo-workflows-{tag}",
         }
     )
     own.dest_root.mkdir(parents=True)
     s3.ensure_bucket(own)
     ensure_repos(own)
-    rucio_server.ensure_rse(connect(own), own.rucio_rse, own.rse_prefix)
+    rucio = connect(own)
+    rucio_server.ensure_scope(rucio, own.rucio_account, own.rucio_scope)
+    rucio_server.ensure_rse(rucio, own.rucio_rse, own.rse_prefix)
     return own
 
+
+
+@pytest.fixture(scope="session")
+def locations(settings: Settings) -> list[str]:
+    """This session's two locations (destination disk, Rucio); their queues are its own."""
+    from sqlmodel import Session
+
+    from unembargo.models.tables import Location, connect, upsert_location
+
+    tag = settings.rucio_rse.removeprefix("TEST_").lower()
+    rows = [
+        Location(name=f"dest-{tag}", site="test", kind="destination", storage=str(settings.dest_root)),
+        Location(name=f"rucio-{tag}", site="test", kind="rucio", storage=settings.rucio_host),
+    ]
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        for row in rows:
+            upsert_location(session, row)
+    return [row.name for row in rows]
+
+
+@pytest.fixture(scope="session")
+async def client(stack_up: Settings):  # type: ignore[no-untyped-def]
+    """A Temporal client of the test stack."""
+    from temporalio.client import Client
+
+    return await Client.connect(stack_up.temporal_address)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from unembargo.devstack.s3 import LOCAL_ENV
@@ -31,7 +35,6 @@ def stack_settings() -> Settings:
     )
 
 
-
 def settings_env(settings: Settings) -> dict[str, str]:
     """UNEMBARGO_* variables that reproduce ``settings`` in a child process."""
     env = {}
@@ -45,3 +48,45 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = secret.get_secret_value()
         env[f"UNEMBARGO_{name.upper()}"] = str(value)
     return env
+
+
+def worker_argv(locations: list[str]) -> list[str]:
+    """Command line of a worker serving ``locations`` and the workflow queue."""
+    argv = [sys.executable, "-m", "unembargo.cli.app", "worker"]
+    for name in locations:
+        argv += ["--location", name]
+    return argv
+
+
+class WorkerProcess:
+    """A real worker process for one test, killable with SIGKILL."""
+
+    def __init__(self, settings: Settings, locations: list[str], env: dict[str, str] | None = None) -> None:
+        log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1])
+        self.log = log
+        self.proc = subprocess.Popen(
+            worker_argv(locations),
+            env={**os.environ, **settings_env(settings), **(env or {})},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_dead(self, timeout: float) -> int:
+        """Wait for the process to end (e.g. after a fault-injection SIGKILL); its return code."""
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")

@@ -27,7 +27,7 @@ from unembargo.models.settings import Settings
 # The embargo cutoff (now - 80 h) falls between the dark (seq 2) and the science
 # exposure (seq 3) of day_obs 20260101, so the window's edge is exercised.
 NOW = datetime(2026, 1, 5, 7, 1, 30, tzinfo=UTC)
-DAYS = [0, 3, 4]
+DAYS = [0, 3]
 PER_DAY = 3
 ODD_NAMES = {"notes with spaces.txt": b"operator note\n", "ünïcødé/ß 1.txt": b"\xce\xbb\n"}
 DROPPED = {5, 190}
@@ -172,7 +172,9 @@ def test_folder_holds_sidecars_and_expected_sensors(seeded: Seeded) -> None:
     assert len(names) == 205 * 2 + 1
     assert f"{exp.obs_id}_R22_S11.fits" in names and f"{exp.obs_id}_R22_S11.json" in names
     s3 = boto3.client("s3", endpoint_url=seeded.settings.s3_endpoint_url)
-    body = s3.get_object(Bucket=seeded.settings.s3_bucket, Key=f"{exp.prefix}{exp.obs_id}_expectedSensors.json")
+    body = s3.get_object(
+        Bucket=seeded.settings.s3_bucket, Key=f"{exp.prefix}{exp.obs_id}_expectedSensors.json"
+    )
     sensors = json.loads(body["Body"].read())["expectedSensors"]
     assert len(sensors) == 205 and sensors["R01_S00"] == "SCIENCE"
     assert sensors["R00_SG0"] == "GUIDER" and sensors["R00_SW0"] == "WAVEFRONT"

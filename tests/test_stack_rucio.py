@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 STATE = Path(__file__).resolve().parents[1] / ".dev"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 INSTRUMENT = "LSSTCam"
+SCOPE = "raw"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class PrivateRSE:
 
 
 @pytest.fixture(scope="module")
-def settings() -> Settings:
+def dev_settings() -> Settings:
     """The dev stack's settings, anchored at the repo so the test runs from any cwd."""
     s = Settings(
         state_dir=STATE,
@@ -51,19 +52,19 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="module")
-def client(settings: Settings) -> Client:
-    """One authenticated client for the module."""
-    return connect(settings)
+def rucio(dev_settings: Settings) -> Client:
+    """One authenticated Rucio client for the module."""
+    return connect(dev_settings)
 
 
 @pytest.fixture(scope="module")
-def rse(client: Client, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRSE]:
+def rse(rucio: Client, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRSE]:
     """A deterministic RSE of this module whose files live under a temp dir."""
-    dest_root = tmp_path_factory.mktemp("rse") / settings.rucio_scope
+    dest_root = tmp_path_factory.mktemp("rse") / SCOPE
     private = PrivateRSE(f"UNEMBARGO_TEST_{secrets.token_hex(4).upper()}", dest_root)
-    rucio_server.ensure_rse(client, private.name, dest_root.parent)
+    rucio_server.ensure_rse(rucio, private.name, dest_root.parent)
     yield private
-    client.delete_rse(private.name)
+    rucio.delete_rse(private.name)
 
 
 def random_day_obs() -> int:
@@ -72,9 +73,10 @@ def random_day_obs() -> int:
     return int(f"{year}{1 + secrets.randbelow(12):02d}{1 + secrets.randbelow(28):02d}")
 
 
-def obs_id(day_obs: int, seq_num: int) -> str:
-    """obs_id as LSSTCam writes it."""
-    return f"MC_O_{day_obs}_{seq_num:06d}"
+def random_obs_ids(day_obs: int, count: int) -> list[str]:
+    """Distinct obs_ids of that day as LSSTCam writes them, with random sequence numbers."""
+    seq_nums = secrets.SystemRandom().sample(range(1, 10**6), count)
+    return [f"MC_O_{day_obs}_{seq:06d}" for seq in seq_nums]
 
 
 def write_file(dest_root: Path, name: str, size: int) -> dict[str, object]:
@@ -84,7 +86,7 @@ def write_file(dest_root: Path, name: str, size: int) -> dict[str, object]:
     data = secrets.token_bytes(size)
     path.write_bytes(data)
     return {
-        "scope": "raw",
+        "scope": SCOPE,
         "name": name,
         "bytes": len(data),
         "adler32": f"{zlib.adler32(data):08x}",
@@ -93,66 +95,68 @@ def write_file(dest_root: Path, name: str, size: int) -> dict[str, object]:
     }
 
 
-def test_ensure_again_is_already_up(settings: Settings) -> None:
+def test_ensure_again_is_already_up(dev_settings: Settings) -> None:
     """A second bring-up finds the server and changes nothing."""
-    assert rucio_server.ensure(settings, PG_ADMIN_URL) == "already up"
-    ok, what = rucio_server.health(settings)
+    assert rucio_server.ensure(dev_settings, PG_ADMIN_URL) == "already up"
+    ok, what = rucio_server.health(dev_settings)
     assert ok, what
 
 
-def test_pfn_is_destination_file(client: Client, settings: Settings, rse: PrivateRSE) -> None:
+def test_pfn_is_destination_file(rucio: Client, dev_settings: Settings, rse: PrivateRSE) -> None:
     """identity naming puts scope:name at prefix/scope/name, i.e. at dest_root/name."""
     name = names.zip_relpath(INSTRUMENT, 20251231, "MC_O_20251231_000010")
-    assert rucio_server.pfn_path(client, rse.name, "raw", name) == rse.dest_root / name
-    dev_path = rucio_server.pfn_path(client, settings.rucio_rse, settings.rucio_scope, name)
-    assert dev_path == settings.dest_root.resolve() / name
+    assert rucio_server.pfn_path(rucio, rse.name, SCOPE, name) == rse.dest_root / name
+    dev_path = rucio_server.pfn_path(rucio, dev_settings.rucio_rse, dev_settings.rucio_scope, name)
+    assert dev_path == dev_settings.dest_root.resolve() / name
 
 
-def test_register_attach_tag_and_list(client: Client, rse: PrivateRSE) -> None:
+def test_register_attach_tag_and_list(rucio: Client, rse: PrivateRSE) -> None:
     """Files registered in place, attached to both datasets, Obs closed and tagged, then listed."""
     day_obs = random_day_obs()
-    exposure = obs_id(day_obs, 10)
+    [exposure] = random_obs_ids(day_obs, 1)
     files = [
         write_file(rse.dest_root, names.zip_relpath(INSTRUMENT, day_obs, exposure), 4096),
         write_file(rse.dest_root, names.yaml_relpath(INSTRUMENT, day_obs, exposure), 512),
     ]
-    assert client.add_replicas(rse.name, files)
+    assert rucio.add_replicas(rse.name, files)
 
     obs = names.obs_dataset(INSTRUMENT, day_obs, exposure)
     tract = names.tract_dataset(INSTRUMENT, day_obs, None)
-    dids = [{"scope": "raw", "name": f["name"]} for f in files]
-    attachments = [{"scope": "raw", "name": ds, "rse": rse.name, "dids": dids} for ds in (obs, tract)]
+    dids = [{"scope": SCOPE, "name": f["name"]} for f in files]
+    attachments = [{"scope": SCOPE, "name": ds, "rse": rse.name, "dids": dids} for ds in (obs, tract)]
     for ds in (obs, tract):
-        client.add_dataset("raw", ds)
+        rucio.add_dataset(SCOPE, ds)
     # Twice: the retried activity's attach must be a no-op, not FileAlreadyExists.
     for _ in range(2):
-        client.add_files_to_datasets(attachments, ignore_duplicate=True)
-    client.close("raw", obs)
-    client.set_metadata("raw", obs, names.BACKUP_KEY, names.BACKUP_VALUE)
+        rucio.add_files_to_datasets(attachments, ignore_duplicate=True)
+    rucio.close(SCOPE, obs)
+    rucio.set_metadata(SCOPE, obs, names.BACKUP_KEY, names.BACKUP_VALUE)
 
     pattern = names.obs_dataset_pattern(INSTRUMENT, day_obs)
-    listed = set(client.list_dids("raw", [{"name": pattern}], did_type="dataset"))
+    listed = set(rucio.list_dids(SCOPE, [{"name": pattern}], did_type="dataset"))
     assert obs in listed
-    assert client.get_metadata("raw", obs, plugin="JSON")[names.BACKUP_KEY] == names.BACKUP_VALUE
-    assert client.get_metadata("raw", obs)["is_open"] is False
+    assert rucio.get_metadata(SCOPE, obs, plugin="JSON")[names.BACKUP_KEY] == names.BACKUP_VALUE
+    assert rucio.get_metadata(SCOPE, obs)["is_open"] is False
 
     want = {f["name"]: (f["bytes"], f["adler32"], f["md5"], f["pfn"]) for f in files}
     for ds in (obs, tract):
-        replicas = client.list_replicas([{"scope": "raw", "name": ds}], schemes=["file"])
+        # sort="random": the default (geoip) makes the server look for a GeoIP database.
+        did = [{"scope": SCOPE, "name": ds}]
+        replicas = rucio.list_replicas(did, schemes=["file"], sort="random")
         got = {r["name"]: (r["bytes"], r["adler32"], r["md5"], *r["rses"][rse.name]) for r in replicas}
         assert got == want, ds
 
 
-def test_list_by_backup_tag(client: Client) -> None:
+def test_list_by_backup_tag(rucio: Client) -> None:
     """Operators can list a day's Obs datasets that still need the backup (name + JSON key)."""
     day_obs = random_day_obs()
-    tagged = names.obs_dataset(INSTRUMENT, day_obs, obs_id(day_obs, 1))
-    untagged = names.obs_dataset(INSTRUMENT, day_obs, obs_id(day_obs, 2))
-    client.add_dataset("raw", tagged)
-    client.add_dataset("raw", untagged)
-    client.set_metadata("raw", tagged, names.BACKUP_KEY, names.BACKUP_VALUE)
+    tagged, untagged = (names.obs_dataset(INSTRUMENT, day_obs, o) for o in random_obs_ids(day_obs, 2))
+    rucio.add_dataset(SCOPE, tagged)
+    rucio.add_dataset(SCOPE, untagged)
+    rucio.set_metadata(SCOPE, tagged, names.BACKUP_KEY, names.BACKUP_VALUE)
 
     pattern = names.obs_dataset_pattern(INSTRUMENT, day_obs)
     wanted = {"name": pattern, names.BACKUP_KEY: names.BACKUP_VALUE}
-    found = set(client.list_dids("raw", [wanted], did_type="dataset"))
-    assert found == {tagged}
+    found = set(rucio.list_dids(SCOPE, [wanted], did_type="dataset"))
+    assert tagged in found
+    assert untagged not in found

@@ -1,0 +1,395 @@
+"""Rucio steps of an exposure: register its zip and yaml in place (step 4), then close
+its Obs dataset and tag it for backup (step 5).
+
+Each activity reads Rucio first and returns ``already_done`` without writing when the
+step's "done when" holds; otherwise it writes with batched calls and reads back.
+Reading back matters: ``add_replicas`` of an existing file answers OK but keeps the old
+size and checksums. Transient failures (connection refused, 5xx, timeouts) propagate
+unchanged so Temporal retries with backoff; a contradiction is a ReplicaConflict and
+nothing in Rucio is overwritten to make progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from rucio.common.exception import (
+    DataIdentifierAlreadyExists,
+    DataIdentifierNotFound,
+    UnsupportedOperation,
+)
+from temporalio import activity
+
+from unembargo.activities.context import Resources, checkpoint, heartbeating
+from unembargo.models import names
+from unembargo.models.errors import BadInput, DestinationConflict, ReplicaConflict
+from unembargo.models.exposure import (
+    Exposure,
+    FileReceipt,
+    RegisterInput,
+    RegisterReceipt,
+    StepInput,
+    TagReceipt,
+)
+
+if TYPE_CHECKING:
+    from rucio.client import Client
+
+BACKUP_TAG = f"{names.BACKUP_KEY}={names.BACKUP_VALUE}"
+AVAILABLE = "AVAILABLE"
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A file to register: its DID name (equal to its relative path), receipt and path."""
+
+    name: str
+    receipt: FileReceipt
+    path: Path
+
+
+@dataclass(frozen=True)
+class Held:
+    """What Rucio holds about one file, as list_replicas reports it."""
+
+    bytes: int | None
+    adler32: str | None
+    md5: str | None
+    # Replica state on our RSE; None when the file has no replica there.
+    state: str | None
+    # Local paths of the file's PFNs on our RSE.
+    paths: frozenset[Path]
+    # Names of the datasets in our scope the file is attached to.
+    parents: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Todo:
+    """What the register step still has to write."""
+
+    replicas: list[Wanted]
+    # Dataset name -> names of the files it still lacks.
+    attachments: dict[str, list[str]]
+
+    @property
+    def empty(self) -> bool:
+        return not self.replicas and not self.attachments
+
+    def describe(self) -> str:
+        parts = [f"replica of {w.name}" for w in self.replicas]
+        parts += [f"{d} <- {', '.join(files)}" for d, files in self.attachments.items()]
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class TagState:
+    """The Obs dataset as the tag step sees it."""
+
+    open: bool
+    # The backup key's value; None when unset.
+    value: Any
+
+    @property
+    def done(self) -> bool:
+        return not self.open and self.value == names.BACKUP_VALUE
+
+
+def register_datasets(exposure: Exposure, tracts: Iterable[int]) -> list[str]:
+    """Every dataset the exposure's files belong in: one per tract (or NoTract), then Obs."""
+    kinds: list[int | None] = [*sorted(set(tracts))] or [None]
+    day = [names.tract_dataset(exposure.instrument, exposure.day_obs, t) for t in kinds]
+    return day + [names.obs_dataset(exposure.instrument, exposure.day_obs, exposure.obs_id)]
+
+
+def exposure_files(exposure: Exposure) -> list[str]:
+    """DID names of the zip and the yaml: identity naming, so also their relative paths."""
+    key = (exposure.instrument, exposure.day_obs, exposure.obs_id)
+    return [names.zip_relpath(*key), names.yaml_relpath(*key)]
+
+
+def wanted_files(resources: Resources, inp: RegisterInput) -> list[Wanted]:
+    """The zip and yaml to register, refusing receipts that describe some other file."""
+    wanted = []
+    for name, receipt in zip(exposure_files(inp.exposure), (inp.zip, inp.yaml), strict=True):
+        if receipt.relpath != name:
+            raise BadInput(
+                f"receipt for {receipt.relpath!r} passed where {name!r} was expected: "
+                "the register step only registers the exposure's own zip and yaml"
+            )
+        wanted.append(Wanted(name, receipt, resources.dest_path(name)))
+    return wanted
+
+
+def held_files(client: Client, scope: str, rse: str, files: list[str]) -> dict[str, Held]:
+    """One list_replicas call: sizes, checksums, our RSE's PFNs and state, parent datasets.
+
+    Files Rucio does not know (or that have no replica anywhere) are absent.
+    """
+    entries = client.list_replicas(
+        [{"scope": scope, "name": name} for name in files],
+        schemes=["file"],
+        all_states=True,
+        resolve_parents=True,
+    )
+    return {e["name"]: _held(e, scope, rse) for e in entries if e["scope"] == scope}
+
+
+def _held(entry: dict[str, Any], scope: str, rse: str) -> Held:
+    prefix = f"{scope}:"
+    return Held(
+        bytes=entry.get("bytes"),
+        adler32=entry.get("adler32"),
+        md5=entry.get("md5"),
+        state=(entry.get("states") or {}).get(rse),
+        paths=frozenset(Path(urlsplit(p).path) for p in (entry.get("rses") or {}).get(rse, [])),
+        parents=frozenset(p.removeprefix(prefix) for p in entry.get("parents", []) if p.startswith(prefix)),
+    )
+
+
+def _lower(value: str | None) -> str | None:
+    return None if value is None else value.lower()
+
+
+def conflicts(wanted: list[Wanted], held: dict[str, Held], scope: str, rse: str) -> list[str]:
+    """What Rucio holds that contradicts the files on disk (empty when nothing does)."""
+    found = []
+    for w in wanted:
+        h = held.get(w.name)
+        if h is None:
+            continue
+        r = w.receipt
+        if (h.bytes, _lower(h.adler32), _lower(h.md5)) != (r.size, r.adler32.lower(), r.md5.lower()):
+            found.append(
+                f"{scope}:{w.name} is registered with bytes={h.bytes} adler32={h.adler32} "
+                f"md5={h.md5}, but the file has bytes={r.size} adler32={r.adler32} md5={r.md5}"
+            )
+        if h.state is not None and h.state != AVAILABLE:
+            found.append(f"the replica of {scope}:{w.name} on {rse} is {h.state}, not {AVAILABLE}")
+        if h.state is not None and w.path not in h.paths:
+            found.append(
+                f"the replica of {scope}:{w.name} on {rse} points at "
+                f"{sorted(map(str, h.paths))}, not at {w.path}: check the RSE's file "
+                "protocol prefix and lfn2pfn_algorithm=identity"
+            )
+    return found
+
+
+def todo(wanted: list[Wanted], held: dict[str, Held], datasets: list[str]) -> Todo:
+    """Replicas and attachments that are missing; the check of "done when"."""
+    replicas = [w for w in wanted if w.name not in held or held[w.name].state is None]
+    attachments = {}
+    for dataset in datasets:
+        lacking = [w.name for w in wanted if w.name not in held or dataset not in held[w.name].parents]
+        if lacking:
+            attachments[dataset] = lacking
+    return Todo(replicas, attachments)
+
+
+def check_on_disk(dest_root: Path, wanted: list[Wanted]) -> None:
+    """Refuse to register files that are not at the destination with the receipt's size."""
+    if not dest_root.is_dir():
+        # An unmounted disk comes back: an ordinary (retried) error, not bad input.
+        raise FileNotFoundError(f"destination root {dest_root} is not there (not mounted?)")
+    for w in wanted:
+        try:
+            size = w.path.stat().st_size
+        except FileNotFoundError:
+            raise DestinationConflict(
+                f"{w.path} is missing, but its receipt says it was written ({w.receipt.size} "
+                "bytes); not registering it: restore the file or redo the zip/export step"
+            ) from None
+        if size != w.receipt.size:
+            raise DestinationConflict(
+                f"{w.path} has {size} bytes, its receipt says {w.receipt.size}; not registering "
+                "it: find out which is right before registering anything"
+            )
+
+
+def replica_spec(scope: str, w: Wanted) -> dict[str, Any]:
+    """add_replicas entry; no PFN, the deterministic RSE derives it (identity naming)."""
+    r = w.receipt
+    return {"scope": scope, "name": w.name, "bytes": r.size, "adler32": r.adler32, "md5": r.md5}
+
+
+def attachment_specs(scope: str, attachments: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """add_files_to_datasets entries: each dataset with the files it lacks."""
+    return [
+        {"scope": scope, "name": dataset, "dids": [{"scope": scope, "name": f} for f in files]}
+        for dataset, files in attachments.items()
+    ]
+
+
+def require_open_dataset(did: dict[str, Any], lacking: list[str]) -> None:
+    """A dataset that must still take files: a DATASET, and open."""
+    did_name = f"{did['scope']}:{did['name']}"
+    if did["type"] != "DATASET":
+        raise ReplicaConflict(f"{did_name} is a {did['type']}, expected a dataset; nothing was changed")
+    if not did["open"]:
+        raise ReplicaConflict(
+            f"dataset {did_name} is closed but lacks {', '.join(lacking)}: Rucio refuses to "
+            "attach to a closed dataset, and nothing was changed. If it should hold these files, "
+            "reopen it (set_status open=True, needs an admin account) and rerun the step"
+        )
+
+
+def add_dataset(client: Client, scope: str, name: str) -> None:
+    """Create a dataset; one that a concurrent creator made first is just as good."""
+    try:
+        client.add_dataset(scope, name)
+    except DataIdentifierAlreadyExists:
+        pass
+
+
+def tag_state(client: Client, scope: str, name: str) -> TagState:
+    """Open flag and backup value of the Obs dataset; conflicts for anything unexpected."""
+    try:
+        did = client.get_did(scope, name)
+    except DataIdentifierNotFound:
+        raise ReplicaConflict(
+            f"Obs dataset {scope}:{name} does not exist: the register step has not run for this "
+            "exposure. Nothing was changed; run register first (rerunning the exposure does)"
+        ) from None
+    if did["type"] != "DATASET":
+        raise ReplicaConflict(f"{scope}:{name} is a {did['type']}, expected a dataset")
+    value = client.get_metadata(scope, name, plugin="JSON").get(names.BACKUP_KEY)
+    if value is not None and value != names.BACKUP_VALUE:
+        raise ReplicaConflict(
+            f"Obs dataset {scope}:{name} has {names.BACKUP_KEY}={value!r}, expected "
+            f"{names.BACKUP_VALUE!r}; left as it is (someone else set it): check with the archive"
+        )
+    return TagState(open=bool(did["open"]), value=value)
+
+
+def require_registered(client: Client, scope: str, name: str, files: list[str]) -> None:
+    """Refuse to close or tag an Obs dataset that lacks the zip or the yaml."""
+    held = {c["name"] for c in client.list_content(scope, name) if c["scope"] == scope}
+    lacking = [f for f in files if f not in held]
+    if lacking:
+        raise ReplicaConflict(
+            f"Obs dataset {scope}:{name} lacks {', '.join(lacking)}: the register step has not "
+            "finished. Not closing or tagging it (a closed dataset cannot take the missing files); "
+            "run register first"
+        )
+
+
+def close_dataset(client: Client, scope: str, name: str) -> None:
+    """Close a dataset; a concurrent attempt that closed it first is just as good."""
+    try:
+        client.close(scope, name)
+    except UnsupportedOperation:
+        if client.get_did(scope, name)["open"]:
+            raise
+
+
+class RucioActivities:
+    """Steps 4 and 5: sync activities, each a handful of Rucio calls."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+
+    @property
+    def scope(self) -> str:
+        return self.resources.settings.rucio_scope
+
+    @property
+    def rse(self) -> str:
+        return self.resources.settings.rucio_rse
+
+    @activity.defn(name=names.ACTIVITY["register"])
+    def register_in_rucio(self, inp: RegisterInput) -> RegisterReceipt:
+        """Step 4: zip and yaml registered in place and attached to their Tract and Obs datasets."""
+        # Heartbeats keep a slow (not dead) Rucio call from tripping the heartbeat timeout.
+        with heartbeating():
+            return self._register(inp)
+
+    @activity.defn(name=names.ACTIVITY["tag"])
+    def tag_obs_dataset(self, inp: StepInput) -> TagReceipt:
+        """Step 5: the Obs dataset closed, then tagged for backup."""
+        with heartbeating():
+            return self._tag(inp.exposure)
+
+    def _register(self, inp: RegisterInput) -> RegisterReceipt:
+        exposure = inp.exposure
+        wanted = wanted_files(self.resources, inp)
+        datasets = register_datasets(exposure, inp.tracts)
+        client = self.resources.rucio()
+        missing = self._register_todo(client, wanted, datasets)
+        if missing.empty:
+            return RegisterReceipt(files=len(wanted), datasets=datasets, already_done=True)
+        checkpoint("register", "acting")
+        check_on_disk(self.resources.settings.dest_root.resolve(), wanted)
+        self._ensure_datasets(client, exposure, missing.attachments)
+        self._write(client, exposure, missing)
+        checkpoint("register", "acted")
+        left = self._register_todo(client, wanted, datasets)
+        if not left.empty:
+            raise ReplicaConflict(f"after registering, Rucio still lacks: {left.describe()}")
+        activity.logger.info("registered %s in %d datasets", exposure.obs_id, len(datasets))
+        return RegisterReceipt(files=len(wanted), datasets=datasets, already_done=False)
+
+    def _register_todo(self, client: Client, wanted: list[Wanted], datasets: list[str]) -> Todo:
+        """Read what Rucio holds; raise on contradictions, else return what is missing."""
+        held = held_files(client, self.scope, self.rse, [w.name for w in wanted])
+        found = conflicts(wanted, held, self.scope, self.rse)
+        if found:
+            raise ReplicaConflict(
+                "; ".join(found) + ". Nothing was overwritten (Rucio keeps a file's first size and "
+                "checksums): find out which is right, fix the file or the Rucio entry, then rerun"
+            )
+        return todo(wanted, held, datasets)
+
+    def _ensure_datasets(self, client: Client, exposure: Exposure, attachments: dict[str, list[str]]) -> None:
+        """Every dataset that lacks files is open (checked before any write), or is created."""
+        absent = []
+        for name, lacking in attachments.items():
+            try:
+                require_open_dataset(client.get_did(self.scope, name), lacking)
+            except DataIdentifierNotFound:
+                absent.append(name)
+        for name in absent:
+            self.resources.record(exposure, "register", f"add_dataset {name}")
+            add_dataset(client, self.scope, name)
+
+    def _write(self, client: Client, exposure: Exposure, missing: Todo) -> None:
+        """One add_replicas call, then one attach call, each only for what is missing."""
+        if missing.replicas:
+            self.resources.record(exposure, "register", "add_replicas")
+            client.add_replicas(self.rse, [replica_spec(self.scope, w) for w in missing.replicas])
+        if missing.attachments:
+            self.resources.record(exposure, "register", "attach")
+            try:
+                client.add_files_to_datasets(
+                    attachment_specs(self.scope, missing.attachments), ignore_duplicate=True
+                )
+            except UnsupportedOperation as err:
+                # Only a dataset closed since _ensure_datasets looked gets here.
+                raise ReplicaConflict(f"Rucio refused to attach ({missing.describe()}): {err}") from err
+
+    def _tag(self, exposure: Exposure) -> TagReceipt:
+        name = names.obs_dataset(exposure.instrument, exposure.day_obs, exposure.obs_id)
+        client = self.resources.rucio()
+        state = tag_state(client, self.scope, name)
+        if state.done:
+            return TagReceipt(dataset=name, metadata=BACKUP_TAG, already_done=True)
+        checkpoint("tag", "acting")
+        require_registered(client, self.scope, name, exposure_files(exposure))
+        # Close first: the backup request then only ever appears on a final dataset. A crash
+        # between the two leaves a closed, untagged dataset, which nothing acts on; the retry tags it.
+        if state.open:
+            self.resources.record(exposure, "tag", "close")
+            close_dataset(client, self.scope, name)
+        if state.value is None:
+            self.resources.record(exposure, "tag", "set_metadata")
+            client.set_metadata(self.scope, name, names.BACKUP_KEY, names.BACKUP_VALUE)
+        checkpoint("tag", "acted")
+        after = tag_state(client, self.scope, name)
+        if not after.done:
+            raise ReplicaConflict(
+                f"after tagging, Obs dataset {self.scope}:{name} is open={after.open} with "
+                f"{names.BACKUP_KEY}={after.value!r}"
+            )
+        return TagReceipt(dataset=name, metadata=BACKUP_TAG, already_done=False)

@@ -1,0 +1,61 @@
+"""End to end on the real stack: `start` unembargoes every eligible exposure, once."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, select
+from support import WorkerProcess
+from verify import check_unembargoed
+
+from unembargo.client.run import StartRequest, run_start
+from unembargo.devstack.seed import seed_exposure
+from unembargo.models.settings import Settings
+from unembargo.models.tables import Effect, connect
+
+# Test days lie in 2000-2019; look back far enough for all of them.
+EVERYTHING = timedelta(days=365 * 30)
+
+
+def fresh_day(rng: random.Random = random.Random()) -> int:
+    """A past day_obs no other test of this session uses."""
+    return 20000101 + rng.randrange(0, 20) * 10000 + rng.randrange(0, 12) * 100 + rng.randrange(0, 28)
+
+
+@pytest.fixture
+def worker(settings: Settings, locations: list[str]) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(settings, locations)
+    yield proc
+    proc.stop()
+
+
+def effects(settings: Settings, obs_ids: set[str]) -> Counter[tuple[str, str, str]]:
+    """Ledger rows per (obs_id, step, action)."""
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        rows = session.exec(select(Effect).where(Effect.obs_id.in_(obs_ids))).all()  # type: ignore[attr-defined]
+    return Counter((r.obs_id, r.step, r.action) for r in rows)
+
+
+async def test_start_unembargoes_every_eligible_exposure_once(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    day = fresh_day()
+    seeded = [seed_exposure(settings, day, seq) for seq in range(1, 6)]
+    request = StartRequest(window=timedelta(hours=80), lookback=EVERYTHING, day_obs=day)
+
+    result = await run_start(settings, request)
+
+    assert [o.outcome for o in result.outcomes] == ["started"] * 5, worker.output()[-3000:]
+    assert result.ok, [p for p in result.finished if p.status != "completed"]
+    for exp in seeded:
+        check_unembargoed(settings, day, exp.obs_id, exp.exposure_id, list(exp.tracts))
+    ledger = effects(settings, {e.obs_id for e in seeded})
+    assert ledger and all(n == 1 for n in ledger.values()), ledger
+
+    again = await run_start(settings, request)
+    assert {o.outcome for o in again.outcomes} == {"completed"}
+    assert effects(settings, {e.obs_id for e in seeded}) == ledger

@@ -1,0 +1,391 @@
+"""The zip step against a real S3 endpoint (moto's server) and real butler repos.
+
+The module runs its own moto server on a free loopback port (only S3 and the
+butler are needed, not the whole stack) and seeds exposures with the dev stack's
+seeder. Each test uses its own exposure (its own seq_num), so tests are independent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import boto3
+import pytest
+from astro_metadata_translator.indexing import process_index_data
+from lsst.daf.butler import Butler
+from sqlmodel import Session, select
+from temporalio.testing import ActivityEnvironment
+
+from unembargo.activities import destination
+from unembargo.activities.context import Resources
+from unembargo.activities.headers import METADATA_INDEX, raw_metadata
+from unembargo.activities.s3 import S3Object, SourceChanged, list_folder, read_verified
+from unembargo.activities.zip import BUTLER_INDEX, Folder, Member, ZipActivities, in_order, member_name
+from unembargo.devstack import lsstcam, procs, s3
+from unembargo.devstack.butler_repos import GUIDER_RAW, ensure_repos
+from unembargo.devstack.lsstcam import DETECTORS, INSTRUMENT
+from unembargo.devstack.seed import SeededExposure, plan_exposure, raw_file, seed_exposure
+from unembargo.models import names
+from unembargo.models.errors import (
+    DestinationConflict,
+    IncompleteExposure,
+    SourceMismatch,
+    UnsafeKey,
+)
+from unembargo.models.exposure import Exposure, StepInput, ZipReceipt
+from unembargo.models.settings import Settings
+from unembargo.models.tables import Effect
+
+DAY_OBS = 20251231
+FILE_SIZE = 8 * 1024
+ODD_OBJECTS = {"notes/run log (1).txt": b"shutter ok\n", "ünïcødé ✓ name.json": b'{"ok": true}'}
+
+
+@pytest.fixture(scope="module")
+def zip_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A private moto server, bucket, embargo repo and destination for this module."""
+    root = tmp_path_factory.mktemp("zip")
+    port = procs.free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = Settings(
+        state_dir=root / "state",
+        s3_endpoint_url=url,
+        s3_bucket="embargo-zip",
+        embargo_butler=str(root / "butler" / "embargo"),
+        main_butler=str(root / "butler" / "main"),
+        dest_root=root / "dest" / "raw",
+        database_url=f"sqlite:///{root / 'unembargo.db'}",
+    )
+    moto = str(Path(sys.executable).parent / "moto_server")
+    procs.start(settings.state_dir, "moto", [moto, "-H", "127.0.0.1", "-p", str(port)])
+    env = pytest.MonkeyPatch()
+    try:
+        for key, value in {**s3.LOCAL_ENV, "S3_ENDPOINT_URL": url}.items():
+            env.setenv(key, value)
+        procs.poll(lambda: s3.health(settings)[0], 30, "the module's moto server")
+        ensure_repos(settings)
+        yield settings
+    finally:
+        env.undo()
+        procs.stop(settings.state_dir, "moto")
+
+
+@pytest.fixture(scope="module")
+def resources(zip_settings: Settings) -> Resources:
+    return Resources(zip_settings)
+
+
+def _exposure(seeded: SeededExposure) -> Exposure:
+    return Exposure(INSTRUMENT, seeded.day_obs, seeded.obs_id, seeded.exposure_id)
+
+
+def _run(resources: Resources, exposure: Exposure, beats: list[object] | None = None) -> ZipReceipt:
+    """Call the activity as a worker would, inside an activity context."""
+    env = ActivityEnvironment()
+    if beats is not None:
+        env.on_heartbeat = lambda *details: beats.append(details)
+    return env.run(ZipActivities(resources).zip_exposure, StepInput(exposure))
+
+
+def _final(settings: Settings, exposure: Exposure) -> Path:
+    return settings.dest_root / names.zip_relpath(exposure.instrument, exposure.day_obs, exposure.obs_id)
+
+
+def _listing(settings: Settings, seeded: SeededExposure) -> dict[str, S3Object]:
+    client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    return {o.key[len(seeded.prefix) :]: o for o in list_folder(client, settings.s3_bucket, seeded.prefix)}
+
+
+def _leftovers(final: Path) -> list[str]:
+    """Anything under the final name or a staging name of it."""
+    if not final.parent.exists():
+        return []
+    return sorted(
+        p.name for p in final.parent.iterdir() if p.name.startswith((final.name, f".{final.name}."))
+    )
+
+
+def _installs(resources: Resources, obs_id: str) -> int:
+    with Session(resources.engine) as session:
+        rows = session.exec(select(Effect).where(Effect.obs_id == obs_id, Effect.step == "zip"))
+        return sum(1 for row in rows if row.action == "install")
+
+
+@dataclass(frozen=True)
+class Zipped:
+    seeded: SeededExposure
+    exposure: Exposure
+    final: Path
+    stale: Path
+    receipt: ZipReceipt
+    heartbeats: int
+
+
+@pytest.fixture(scope="module")
+def zipped(zip_settings: Settings, resources: Resources) -> Zipped:
+    """A complete exposure (guiders as guider_raw, odd extra keys) zipped once."""
+    seeded = seed_exposure(
+        zip_settings,
+        DAY_OBS,
+        10,
+        guiders_as=GUIDER_RAW,
+        extra_objects=ODD_OBJECTS,
+        file_size=FILE_SIZE,
+    )
+    exposure = _exposure(seeded)
+    final = _final(zip_settings, exposure)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stale = final.with_name(f".{final.name}.deadbeef0000.partial")
+    stale.write_bytes(b"left by a crashed attempt")
+    beats: list[object] = []
+    receipt = _run(resources, exposure, beats)
+    return Zipped(seeded, exposure, final, stale, receipt, len(beats))
+
+
+# ---------------------------------------------------------------- happy path
+
+
+def test_zip_matches_listing(resources: Resources, zip_settings: Settings, zipped: Zipped) -> None:
+    listing = _listing(zip_settings, zipped.seeded)
+    with zipfile.ZipFile(zipped.final) as zf:
+        infos = {info.filename: info for info in zf.infolist()}
+        assert set(infos) == set(listing) | {BUTLER_INDEX, METADATA_INDEX}
+        for name, obj in listing.items():
+            assert infos[name].file_size == obj.size
+            assert infos[name].compress_type == zipfile.ZIP_STORED
+            assert hashlib.md5(zf.read(name)).hexdigest() == obj.etag
+    receipt = zipped.receipt
+    size, md5, adler32 = destination.checksums(zipped.final)
+    assert receipt.file.relpath == names.zip_relpath(INSTRUMENT, DAY_OBS, zipped.exposure.obs_id)
+    assert (receipt.file.size, receipt.file.md5, receipt.file.adler32) == (size, md5, adler32)
+    assert receipt.members == len(listing) + 2
+    assert receipt.raws == zipped.seeded.raws + zipped.seeded.guider_raws == 205
+    assert not receipt.already_done
+    # One heartbeat per member written (the SDK throttles what reaches the server).
+    assert zipped.heartbeats == len(listing)
+    assert _installs(resources, zipped.exposure.obs_id) == 1
+
+
+def test_odd_keys_are_zipped_under_their_names(zipped: Zipped) -> None:
+    with zipfile.ZipFile(zipped.final) as zf:
+        for name, body in ODD_OBJECTS.items():
+            assert zf.read(name) == body
+
+
+def test_stale_staging_removed(zipped: Zipped) -> None:
+    assert not zipped.stale.exists()
+    assert _leftovers(zipped.final) == [zipped.final.name]
+
+
+def test_metadata_index_has_every_raw_header(zipped: Zipped) -> None:
+    with zipfile.ZipFile(zipped.final) as zf:
+        # force_dict: each file's merged header as a plain mapping (no translation).
+        index = cast(
+            dict[str, dict[str, Any]],
+            process_index_data(json.loads(zf.read(METADATA_INDEX)), force_dict=True),
+        )
+        butler_index = json.loads(zf.read(BUTLER_INDEX))
+    assert set(index) == set(butler_index["artifact_map"])
+    assert len(index) == 205
+    detectors = {header["DETNAME"] for header in index.values()}
+    assert detectors == {d.full_name for d in DETECTORS}
+    assert {header["OBSID"] for header in index.values()} == {zipped.exposure.obs_id}
+
+
+def test_ingest_zip_into_empty_repo(zipped: Zipped, tmp_path: Path) -> None:
+    """The zip alone (transfer_dimensions) fills an empty repo of the same universe."""
+    Butler.makeRepo(str(tmp_path / "repo"))
+    with Butler.from_config(str(tmp_path / "repo"), writeable=True) as butler:
+        butler.ingest_zip(str(zipped.final), transfer="direct", transfer_dimensions=True)
+        refs = [
+            *butler.query_datasets("raw", collections="*", find_first=False),
+            *butler.query_datasets(GUIDER_RAW, collections="*", find_first=False),
+        ]
+        assert len(refs) == 205
+        uris = {butler.getURI(ref) for ref in refs}
+        data_id = {"instrument": INSTRUMENT, "exposure": zipped.exposure.exposure_id}
+        exposures = butler.query_dimension_records("exposure", data_id=data_id)
+    members = {uri.fragment.removeprefix("zip-path=") for uri in uris}
+    with zipfile.ZipFile(zipped.final) as zf:
+        assert members <= set(zf.namelist())
+    assert {uri.replace(fragment="").ospath for uri in uris} == {str(zipped.final.resolve())}
+    assert [record.obs_id for record in exposures] == [zipped.exposure.obs_id]
+
+
+def test_second_call_is_already_done(resources: Resources, zip_settings: Settings, zipped: Zipped) -> None:
+    before = zipped.final.stat()
+    again = _run(resources, zipped.exposure)
+    after = zipped.final.stat()
+    assert again.already_done
+    assert replace(again, already_done=False) == zipped.receipt
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_size,
+    )
+    assert _installs(resources, zipped.exposure.obs_id) == 1
+
+
+def test_zip_stays_done_when_the_embargo_copy_is_gone(
+    zip_settings: Settings, zipped: Zipped, tmp_path: Path
+) -> None:
+    """With an empty folder the zip is judged on its own: CRCs, indexes, the right exposure."""
+    purged = zip_settings.model_copy(update={"s3_prefix": "purged/", "dest_root": tmp_path / "raw"})
+    resources = Resources(purged)
+    final = _final(purged, zipped.exposure)
+    final.parent.mkdir(parents=True)
+    shutil.copyfile(zipped.final, final)
+    receipt = _run(resources, zipped.exposure)
+    assert receipt.already_done
+    assert (receipt.file.md5, receipt.raws) == (zipped.receipt.file.md5, 205)
+    other = Exposure(INSTRUMENT, DAY_OBS, lsstcam.obs_id(DAY_OBS, 41), lsstcam.exposure_id(DAY_OBS, 41))
+    shutil.copyfile(zipped.final, _final(purged, other))
+    with pytest.raises(
+        DestinationConflict, match=f"index lists datasets of LSSTCam exposure {zipped.exposure.exposure_id}"
+    ):
+        _run(resources, other)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("kind", ["garbage", "other zip"])
+def test_existing_zip_with_other_content_is_a_conflict(
+    resources: Resources, zip_settings: Settings, zipped: Zipped, kind: str
+) -> None:
+    seq = {"garbage": 11, "other zip": 12}[kind]
+    exposure = _exposure(seed_exposure(zip_settings, DAY_OBS, seq, detectors=[0, 1, 2], file_size=FILE_SIZE))
+    final = _final(zip_settings, exposure)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    content = b"not a zip at all" if kind == "garbage" else zipped.final.read_bytes()
+    final.write_bytes(content)
+    stat = final.stat()
+    with pytest.raises(DestinationConflict, match=str(final)):
+        _run(resources, exposure)
+    assert final.read_bytes() == content
+    assert (final.stat().st_ino, final.stat().st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    assert _leftovers(final) == [final.name]
+
+
+def test_incomplete_exposure_is_not_zipped(resources: Resources, zip_settings: Settings) -> None:
+    exposure = _exposure(seed_exposure(zip_settings, DAY_OBS, 13, detectors=range(5), file_size=FILE_SIZE))
+    with pytest.raises(IncompleteExposure, match="found 5 of 205") as err:
+        _run(resources, exposure)
+    assert "R01_S12" in str(err.value)
+    assert _leftovers(_final(zip_settings, exposure)) == []
+
+
+def test_expected_sensors_missing_or_malformed(resources: Resources, zip_settings: Settings) -> None:
+    seeded = seed_exposure(zip_settings, DAY_OBS, 14, detectors=[0], file_size=FILE_SIZE)
+    exposure = _exposure(seeded)
+    client = boto3.client("s3", endpoint_url=zip_settings.s3_endpoint_url)
+    key = seeded.prefix + names.expected_sensors_name(seeded.obs_id)
+    client.delete_object(Bucket=zip_settings.s3_bucket, Key=key)
+    with pytest.raises(IncompleteExposure, match="may still arrive"):
+        _run(resources, exposure)
+    client.put_object(Bucket=zip_settings.s3_bucket, Key=key, Body=b"[not json")
+    with pytest.raises(SourceMismatch, match="not an expectedSensors file"):
+        _run(resources, exposure)
+    assert _leftovers(_final(zip_settings, exposure)) == []
+
+
+# Keys whose relative part could escape the folder or clash with an index, by seq_num.
+UNSAFE_KEYS = {
+    20: "../escape.txt",
+    21: "a/../../b",
+    22: "./dot",
+    23: "a//b",
+    24: "back\\slash",
+    25: BUTLER_INDEX,
+}
+
+
+@pytest.mark.parametrize(("seq", "name"), sorted(UNSAFE_KEYS.items()))
+def test_unsafe_key_refuses_the_exposure(
+    resources: Resources, zip_settings: Settings, seq: int, name: str
+) -> None:
+    seeded = seed_exposure(zip_settings, DAY_OBS, seq, detectors=[0], file_size=FILE_SIZE)
+    client = boto3.client("s3", endpoint_url=zip_settings.s3_endpoint_url)
+    client.put_object(Bucket=zip_settings.s3_bucket, Key=seeded.prefix + name, Body=b"x")
+    with pytest.raises(UnsafeKey, match="nothing was written"):
+        _run(resources, _exposure(seeded))
+    assert _leftovers(_final(zip_settings, _exposure(seeded))) == []
+
+
+def test_truncated_object_is_named(resources: Resources, zip_settings: Settings) -> None:
+    seeded = seed_exposure(zip_settings, DAY_OBS, 16, detectors=[0, 1], file_size=FILE_SIZE)
+    client = boto3.client("s3", endpoint_url=zip_settings.s3_endpoint_url)
+    key = f"{seeded.prefix}{seeded.obs_id}_{DETECTORS[1].full_name}.fits"
+    whole = client.get_object(Bucket=zip_settings.s3_bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=zip_settings.s3_bucket, Key=key, Body=whole[:4096])
+    with pytest.raises(SourceMismatch, match=rf"{DETECTORS[1].full_name}\.fits is 4096 bytes in the bucket"):
+        _run(resources, _exposure(seeded))
+    assert _leftovers(_final(zip_settings, _exposure(seeded))) == []
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def test_truncated_or_empty_fits_is_refused() -> None:
+    plan = plan_exposure(DAY_OBS, 1)
+    data, _ = raw_file(plan, DETECTORS[0], FILE_SIZE, {"OBSID": plan.obs_id})
+    assert raw_metadata("r.fits", data)["DETNAME"] == DETECTORS[0].full_name
+    for bad, why in [(b"", "empty"), (data[:-2880], "truncated"), (data[:1000], "truncated")]:
+        with pytest.raises(SourceMismatch, match=why):
+            raw_metadata("r.fits", bad)
+
+
+def test_member_names() -> None:
+    folder = Folder("b", "LSSTCam/20251231/MC_O_20251231_000001/", members={})
+    assert member_name(folder, folder.prefix + "sub dir/é.json") == "sub dir/é.json"
+    for bad in ["/abs", "a/", "", "a/./b", "nul\x00byte", "_metadata_index.json"]:
+        with pytest.raises(UnsafeKey):
+            member_name(folder, folder.prefix + bad)
+    with pytest.raises(UnsafeKey, match="not under"):
+        member_name(folder, "elsewhere/x")
+
+
+def test_reads_are_checked_against_the_listing(zip_settings: Settings, zipped: Zipped) -> None:
+    client = boto3.client("s3", endpoint_url=zip_settings.s3_endpoint_url)
+    obj = _listing(zip_settings, zipped.seeded)[names.expected_sensors_name(zipped.exposure.obs_id)]
+    assert hashlib.md5(read_verified(client, zip_settings.s3_bucket, obj)).hexdigest() == obj.etag
+    # Replaced since listed (the ETag no longer matches): transient, retried with a new listing.
+    with pytest.raises(SourceChanged):
+        read_verified(client, zip_settings.s3_bucket, replace(obj, etag="0" * 32))
+    # Same object, but the listing's size disagrees on every read: the source is bad.
+    with pytest.raises(SourceMismatch, match="reads back as"):
+        read_verified(client, zip_settings.s3_bucket, replace(obj, size=obj.size + 1))
+
+
+@pytest.mark.parametrize(("window", "window_bytes", "ahead"), [(6, 10_000, 6), (6, 40, 4)])
+def test_in_order_keeps_order_and_bounds_the_window(window: int, window_bytes: int, ahead: int) -> None:
+    """Results come in member order; no fetch starts more than ``ahead`` past the consumer."""
+    now = datetime.now(UTC)
+    members = [Member(f"m{i:03d}", S3Object(f"k{i}", 10, "", now)) for i in range(60)]
+    members.append(Member("m999", S3Object("big", 10 * window_bytes, "", now)))
+    consumed = 0
+    distance: list[int] = []
+    lock = threading.Lock()
+
+    def fetch(member: Member) -> str:
+        with lock:
+            distance.append(members.index(member) - consumed)
+        return member.name
+
+    got = []
+    for _, name in in_order(fetch, members, workers=4, window=window, window_bytes=window_bytes):
+        got.append(name)
+        with lock:
+            consumed += 1
+    assert got == [m.name for m in members]
+    assert max(distance) < ahead
