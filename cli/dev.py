@@ -77,14 +77,14 @@ def seed(
     with console.status(f"seeding {per_day} exposure(s) on each of {len(offsets)} day(s)..."):
         report = seed_days(settings, offsets, per_day, file_size=_size(size))
     due = [e for e in report.exposures if report.now - e.end > settings.embargo_period]
-    table = Table("day_obs", "obs_id", "type", "ended", "raws", "tracts", "past 80 h")
+    hours = f"{settings.embargo_period.total_seconds() / 3600:g} h"
+    table = Table("obs_id", "type", "ended (UTC)", "raws", "tracts", f"past {hours}")
     for exp in report.exposures:
-        table.add_row(str(exp.day_obs), exp.obs_id, exp.observation_type,
-                      exp.end.strftime("%Y-%m-%d %H:%M"), str(exp.raws + exp.guider_raws),
-                      ",".join(map(str, exp.tracts)) or "none",
+        table.add_row(exp.obs_id, exp.observation_type, exp.end.strftime("%m-%d %H:%M"),
+                      str(exp.raws + exp.guider_raws), str(len(exp.tracts)),
                       "yes" if exp in due else "no")  # fmt: skip
     console.print(table)
     console.print(
         f"seeded {len(report.exposures)} exposure(s) in {report.seconds:.1f}s; "
-        f"{len(due)} past the {settings.embargo_period} embargo period"
+        f"{len(due)} ended more than {hours} ago"
     )

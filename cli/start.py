@@ -98,6 +98,7 @@ def start(
 
 
 def _print_summary(settings: Settings, result: StartResult) -> None:
+    console.line()
     if not result.outcomes:
         verb = "would start" if result.selected else "nothing to start"
         console.print(f"{len(result.selected)} exposure(s) past their embargo; {verb}")

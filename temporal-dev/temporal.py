@@ -10,11 +10,16 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from google.protobuf.duration_pb2 import Duration
+from temporalio.client import Client
+
 from unembargo.devstack import procs
 from unembargo.models.names import SEARCH_ATTRIBUTES
 from unembargo.models.settings import Settings, host_port
 
 NAME = "temporal"
+# How long closed workflows stay visible in namespaces this module registers.
+RETENTION = Duration(seconds=7 * 24 * 3600)
 
 
 def binary() -> Path:
@@ -70,3 +75,32 @@ def ensure(settings: Settings) -> str:
 
 def stop(settings: Settings) -> bool:
     return procs.stop(settings.state_dir, NAME)
+
+
+async def ensure_namespace(client: Client, namespace: str) -> None:
+    """Register ``namespace`` with unembargo's search attributes, unless it has them."""
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, RegisterNamespaceRequest
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        await client.workflow_service.register_namespace(
+            RegisterNamespaceRequest(namespace=namespace, workflow_execution_retention_period=RETENTION)
+        )
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    missing = {
+        key: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+        for key, kind in SEARCH_ATTRIBUTES.items()
+        if key not in existing.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )

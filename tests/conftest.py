@@ -2,25 +2,31 @@
 
 The stack (PostgreSQL, S3, Temporal, Rucio) runs under ``.dev/test-stack`` on its
 own ports, so tests never touch a developer's ``unembargo dev`` stack. It is
-reused when already up and stopped at the end only if this session started it.
-Each session then gets its own bucket, butler repos, destination root, Rucio RSE,
-database and task queues, so sessions and tests do not see each other's data.
+reused when already up and stopped at the end only if this session started it
+and no other session still uses it.
+Each session then gets its own bucket, butler repos, destination root, Rucio scope
+and RSE, database and task queues, so sessions and tests do not see each other's
+data; a module that must not share even the session's asks ``isolated`` for its own.
 """
 
 from __future__ import annotations
 
+import fcntl
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-
-from support import stack_settings
-
-from unembargo.devstack import rucio_server, s3, stack
 from pydantic import SecretStr
+from support import STACK_DIR, stack_settings
 
+from unembargo.devstack import rucio_server, stack
 from unembargo.models.settings import Settings
+
+if TYPE_CHECKING:
+    from rucio.client import Client as RucioClient
 
 TEST_SERVICES = ("postgres", "s3", "temporal", "rucio")
 
@@ -29,45 +35,81 @@ TEST_SERVICES = ("postgres", "s3", "temporal", "rucio")
 def stack_up() -> Iterator[Settings]:
     """Bring up (or reuse) the services; stop at the end those this session started."""
     base = stack_settings()
-    started = []
-    for service in stack.SERVICES:
-        if service.name in TEST_SERVICES and service.ensure(base) == "started":
-            started.append(service)
-    yield base
-    for service in reversed(started):
-        service.stop(base)
+    STACK_DIR.mkdir(parents=True, exist_ok=True)
+    # Every session holds users.lock shared while it runs, so the one that started the
+    # services cannot stop them under another that reused them; up.lock makes two
+    # sessions starting together take turns instead of both starting each service.
+    with open(STACK_DIR / "users.lock", "a") as users:
+        fcntl.flock(users, fcntl.LOCK_SH)
+        with open(STACK_DIR / "up.lock", "a") as up:
+            fcntl.flock(up, fcntl.LOCK_EX)
+            started = [
+                service
+                for service in stack.SERVICES
+                if service.name in TEST_SERVICES and service.ensure(base) == "started"
+            ]
+        yield base
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another session still uses them
+        for service in reversed(started):
+            service.stop(base)
 
 
-@pytest.fixture(scope="session")
-def settings(stack_up: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """This session's own bucket, repos, destination, RSE, database and queues."""
-    from unembargo.activities.rucio_client import connect
+def isolate(base: Settings, root: Path) -> Settings:
+    """``base`` with a bucket, butler repos, destination, Rucio scope and RSE, database
+    and workflow queue of its own under ``root``, all created."""
     from unembargo.devstack.butler_repos import ensure_repos
 
-    root = tmp_path_factory.mktemp("unembargo")
     tag = uuid.uuid4().hex[:8]
-    own = stack_up.model_copy(
+    own = base.model_copy(
         update={
             "state_dir": root / "state",
             "s3_bucket": f"embargo-{tag}",
             "embargo_butler": str(root / "butler" / "embargo"),
             "main_butler": str(root / "butler" / "main"),
-            # A scope of its own keeps this session's DIDs apart from any other's.
+            # A scope of its own keeps these DIDs apart from any other's (Rucio never deletes
+            # DIDs); the destination's last component is the scope, so PFN = dest_root/name.
             "rucio_scope": f"t{tag}",
             "dest_root": root / "dest" / f"t{tag}",
             "rucio_rse": f"TEST_{tag.upper()}",
+            # model_copy does not validate: pass the SecretStr the field holds.
             "database_url": SecretStr(f"sqlite:///{root / 'unembargo.db'}"),
             "workflow_task_queue": f"unembargo-workflows-{tag}",
+            # Workflow ids are per exposure: a namespace of its own keeps sessions apart.
+            "temporal_namespace": f"test-{tag}",
         }
     )
     own.dest_root.mkdir(parents=True)
-    s3.ensure_bucket(own)
-    ensure_repos(own)
-    rucio = connect(own)
-    rucio_server.ensure_scope(rucio, own.rucio_account, own.rucio_scope)
-    rucio_server.ensure_rse(rucio, own.rucio_rse, own.rse_prefix)
+    ensure_repos(own)  # the bucket first, then both repos
+    rucio_server.ensure_catalog(own)  # scope, RSE, and a check that PFNs land on dest_root
     return own
 
+
+@pytest.fixture(scope="session")
+def settings(stack_up: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """This session's own bucket, repos, destination, scope, RSE, database and queues."""
+    return isolate(stack_up, tmp_path_factory.mktemp("unembargo"))
+
+
+@pytest.fixture(scope="session")
+def isolated(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Settings]:
+    """Makes, for a module or test that must not share the session's, settings of its own."""
+    return lambda name: isolate(settings, tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="session")
+def rucio(settings: Settings) -> RucioClient:
+    """An authenticated client of the test stack's Rucio, to check what the code under test did."""
+    from unembargo.activities.rucio_client import connect
+
+    return connect(settings)
+
+
+async def _register_namespace(settings: Settings) -> None:
+    client = await Client.connect(settings.temporal_address)
+    await temporal.ensure_namespace(client, settings.temporal_namespace)
 
 
 @pytest.fixture(scope="session")
@@ -89,8 +131,6 @@ def locations(settings: Settings) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-async def client(stack_up: Settings):  # type: ignore[no-untyped-def]
-    """A Temporal client of the test stack."""
-    from temporalio.client import Client
-
-    return await Client.connect(stack_up.temporal_address)
+async def client(settings: Settings) -> Client:
+    """A Temporal client of this session's namespace."""
+    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)

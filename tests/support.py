@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import random
 import signal
+import time
 import subprocess
 import sys
 import tempfile
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from sqlmodel import Session, select
 
 from unembargo.devstack.s3 import LOCAL_ENV
 from unembargo.models.settings import Settings
+from unembargo.models.tables import Effect, connect
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_DIR = REPO / ".dev" / "test-stack"
@@ -90,3 +99,34 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+_days = random.Random()
+
+
+def fresh_day() -> int:
+    """A past day_obs (2000-2019) that no other test of this session is likely to use."""
+    return 20000101 + _days.randrange(0, 20) * 10000 + _days.randrange(0, 12) * 100 + _days.randrange(0, 28)
+
+
+def effects(settings: Settings, obs_ids: set[str]) -> Counter[tuple[str, str, str]]:
+    """Side-effect ledger rows per (obs_id, step, action)."""
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        rows = session.exec(select(Effect).where(Effect.obs_id.in_(obs_ids))).all()  # type: ignore[attr-defined]
+    return Counter((r.obs_id, r.step, r.action) for r in rows)
+
+
+async def poll_until(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str, interval: float = 0.25
+) -> None:
+    """Await until ``check()`` is true; fail after ``timeout`` seconds saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)

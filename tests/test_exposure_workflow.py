@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import random
-from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlmodel import Session, select
-from support import WorkerProcess
+from support import WorkerProcess, effects, fresh_day
 from verify import check_unembargoed
 
 from unembargo.client.run import StartRequest, run_start
 from unembargo.devstack.seed import seed_exposure
 from unembargo.models.settings import Settings
-from unembargo.models.tables import Effect, connect
 
 # Test days lie in 2000-2019; look back far enough for all of them.
 EVERYTHING = timedelta(days=365 * 30)
-
-
-def fresh_day(rng: random.Random = random.Random()) -> int:
-    """A past day_obs no other test of this session uses."""
-    return 20000101 + rng.randrange(0, 20) * 10000 + rng.randrange(0, 12) * 100 + rng.randrange(0, 28)
 
 
 @pytest.fixture
@@ -31,13 +22,6 @@ def worker(settings: Settings, locations: list[str]) -> Iterator[WorkerProcess]:
     proc = WorkerProcess(settings, locations)
     yield proc
     proc.stop()
-
-
-def effects(settings: Settings, obs_ids: set[str]) -> Counter[tuple[str, str, str]]:
-    """Ledger rows per (obs_id, step, action)."""
-    with Session(connect(settings.database_url.get_secret_value())) as session:
-        rows = session.exec(select(Effect).where(Effect.obs_id.in_(obs_ids))).all()  # type: ignore[attr-defined]
-    return Counter((r.obs_id, r.step, r.action) for r in rows)
 
 
 async def test_start_unembargoes_every_eligible_exposure_once(

@@ -1,9 +1,9 @@
-"""Steps 4 (register) and 5 (tag) against the real local Rucio server: no mocks.
+"""Steps 4 (register) and 5 (tag) against the test stack's real Rucio server: no mocks.
 
 The module gets its own scope, deterministic RSE, destination dir (<tmp>/<scope>, so
-PFN = dest_root/name) and ledger database, so runs never see each other's DIDs (Rucio
-cannot delete DIDs) and never touch the dev stack's files. Each test uses its own
-day_obs, hence its own Tract, NoTract and Obs datasets.
+PFN = dest_root/name) and ledger database (conftest's ``isolated``), so runs never see
+each other's DIDs (Rucio cannot delete DIDs). Each test uses its own day_obs, hence its
+own Tract, NoTract and Obs datasets.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
-from pydantic import SecretStr
 from rucio.common.exception import DataIdentifierNotFound
 from sqlmodel import Session, select
 from temporalio.testing import ActivityEnvironment
@@ -31,8 +30,6 @@ from temporalio.testing import ActivityEnvironment
 from unembargo.activities.context import Resources
 from unembargo.activities.destination import receipt
 from unembargo.activities.rucio import RucioActivities
-from unembargo.activities.rucio_client import connect
-from unembargo.devstack import rucio_server
 from unembargo.models import names
 from unembargo.models.errors import NON_RETRYABLE, BadInput, DestinationConflict, ReplicaConflict
 from unembargo.models.exposure import Exposure, FileReceipt, RegisterInput, StepInput
@@ -42,32 +39,8 @@ from unembargo.models.tables import Effect
 if TYPE_CHECKING:
     from rucio.client import Client
 
-STATE = Path(__file__).resolve().parents[1] / ".dev"
 INSTRUMENT = "LSSTCam"
 _days = itertools.count()
-
-
-@dataclass(frozen=True)
-class Private:
-    """This module's scope, RSE, destination root and ledger database."""
-
-    root: Path
-    scope: str
-    rse: str
-
-    def settings(self, rucio_host: str | None = None) -> Settings:
-        """Settings of the dev Rucio server (or a relay to it), on this module's catalog."""
-        # Without rucio_host, the setting (default or UNEMBARGO_RUCIO_HOST) stands.
-        extra: dict[str, Any] = {"rucio_host": rucio_host} if rucio_host else {}
-        return Settings(
-            state_dir=self.root / "state",
-            rucio_password_file=STATE / "rucio" / "password",
-            rucio_scope=self.scope,
-            rucio_rse=self.rse,
-            dest_root=self.root / self.scope,
-            database_url=SecretStr(f"sqlite:///{self.root / 'unembargo.db'}"),
-            **extra,
-        )
 
 
 @dataclass(frozen=True)
@@ -99,26 +72,9 @@ class Case:
 
 
 @pytest.fixture(scope="module")
-def private(tmp_path_factory: pytest.TempPathFactory) -> Private:
-    """A fresh scope and RSE on the dev Rucio server; skipped when the server is not up."""
-    root = tmp_path_factory.mktemp("rucio-steps")
-    tag = secrets.token_hex(4)
-    mine = Private(root=root, scope=f"ut_{tag}", rse=f"UT_{tag.upper()}")
-    settings = mine.settings()
-    up, why = rucio_server.health(settings)
-    if not up:
-        pytest.skip(f"{why} (start it with `unembargo dev up`)")
-    settings.dest_root.mkdir(parents=True)
-    client = connect(settings)
-    rucio_server.ensure_scope(client, settings.rucio_account, mine.scope)
-    rucio_server.ensure_rse(client, mine.rse, settings.rse_prefix)
-    rucio_server.check_pfn(client, mine.rse, mine.scope, settings.dest_root)
-    return mine
-
-
-@pytest.fixture(scope="module")
-def rucio_settings(private: Private) -> Settings:
-    return private.settings()
+def rucio_settings(isolated: Callable[[str], Settings]) -> Settings:
+    """A scope, RSE, destination and ledger of this module's own."""
+    return isolated("rucio-steps")
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +85,6 @@ def resources(rucio_settings: Settings) -> Resources:
 @pytest.fixture(scope="module")
 def acts(resources: Resources) -> RucioActivities:
     return RucioActivities(resources)
-
-
-@pytest.fixture(scope="module")
-def rucio(rucio_settings: Settings) -> Client:
-    """A client of its own, to check independently what the activities did."""
-    return connect(rucio_settings)
 
 
 @pytest.fixture
@@ -203,8 +153,9 @@ def test_register_then_verify_independently(
     for dataset in datasets:
         assert content(rucio, scope, dataset) == set(case.files)
     assert is_open(rucio, scope, case.obs)
+    # One ledger row per dataset made, each named, so exactly-once checks can tell them apart.
     assert effects(resources, case.exposure.obs_id) == {
-        ("register", "add_dataset"): 3,
+        **{("register", f"add_dataset {dataset}"): 1 for dataset in datasets},
         ("register", "add_replicas"): 1,
         ("register", "attach"): 1,
     }
@@ -269,7 +220,7 @@ def test_register_resumes_after_replicas_were_added(
 
     assert not got.already_done
     assert effects(resources, case.exposure.obs_id) == {
-        ("register", "add_dataset"): 1,
+        ("register", f"add_dataset {case.obs}"): 1,
         ("register", "attach"): 1,
     }
     for dataset in got.datasets:
@@ -472,10 +423,10 @@ def relay(rucio_settings: Settings) -> Iterator[Relay]:
 
 
 def test_outage_is_an_ordinary_error_and_the_retry_completes(
-    private: Private, relay: Relay, rucio: Client, case: Case
+    rucio_settings: Settings, relay: Relay, rucio: Client, case: Case
 ) -> None:
     """Connection refused propagates (Temporal retries it) fast; after the outage all is done."""
-    resources = Resources(private.settings(rucio_host=relay.url))
+    resources = Resources(rucio_settings.model_copy(update={"rucio_host": relay.url}))
     acts = RucioActivities(resources)
     resources.rucio()  # authenticated while the server is reachable
     relay.cut()
@@ -489,4 +440,4 @@ def test_outage_is_an_ordinary_error_and_the_retry_completes(
 
     relay.restore()
     assert not run(acts.register_in_rucio, case.register([21])).already_done
-    assert content(rucio, private.scope, case.obs) == set(case.files)
+    assert content(rucio, rucio_settings.rucio_scope, case.obs) == set(case.files)
