@@ -35,6 +35,7 @@ from unembargo.activities import destination
 from unembargo.activities.context import Resources, checkpoint, heartbeating
 from unembargo.models import names
 from unembargo.models.errors import (
+    RERUN,
     DatasetConflict,
     DestinationConflict,
     DimensionRecordConflict,
@@ -164,7 +165,7 @@ class ButlerActivities:
                 f"the main butler's exposure record {exp.exposure_id} ({exp.obs_id}) differs from "
                 f"the embargo butler's in {'; '.join(differences)}. Importing records never "
                 "replaces existing ones, so the main butler still has its own. Correct the wrong "
-                "record (main or embargo), then retry the workflow."
+                f"record (main or embargo), then {RERUN}."
             )
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session
 from temporalio import activity
 
+from unembargo.models.errors import UnsafeKey
 from unembargo.models.exposure import Exposure
 from unembargo.models.settings import Settings
 from unembargo.models.tables import Effect, connect
@@ -88,12 +89,16 @@ class Resources:
         return client
 
     def dest_path(self, relpath: str) -> Path:
-        """Absolute destination path of a relative name, refusing any escape."""
+        """Absolute destination path of a relative name, refusing any escape.
+
+        The root must exist: a missing one is an unmounted disk, retried (transient),
+        never created, so nothing lands on the mount point's parent filesystem.
+        """
         root = self.settings.dest_root.resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"destination root {root} is missing (not mounted?); will retry")
         path = (root / relpath).resolve()
         if not path.is_relative_to(root) or path == root:
-            from unembargo.models.errors import UnsafeKey
-
             raise UnsafeKey(f"{relpath!r} would leave the destination root; refused")
         return path
 

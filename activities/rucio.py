@@ -26,7 +26,7 @@ from temporalio import activity
 
 from unembargo.activities.context import Resources, checkpoint, heartbeating
 from unembargo.models import names
-from unembargo.models.errors import BadInput, DestinationConflict, ReplicaConflict
+from unembargo.models.errors import RERUN, BadInput, DestinationConflict, ReplicaConflict
 from unembargo.models.exposure import (
     Exposure,
     FileReceipt,
@@ -232,7 +232,7 @@ def require_open_dataset(did: dict[str, Any], lacking: list[str]) -> None:
         raise ReplicaConflict(
             f"dataset {did_name} is closed but lacks {', '.join(lacking)}: Rucio refuses to "
             "attach to a closed dataset, and nothing was changed. If it should hold these files, "
-            "reopen it (set_status open=True, needs an admin account) and rerun the step"
+            f"reopen it (set_status open=True, needs an admin account), then {RERUN}"
         )
 
 
@@ -251,7 +251,7 @@ def tag_state(client: Client, scope: str, name: str) -> TagState:
     except DataIdentifierNotFound:
         raise ReplicaConflict(
             f"Obs dataset {scope}:{name} does not exist: the register step has not run for this "
-            "exposure. Nothing was changed; run register first (rerunning the exposure does)"
+            f"exposure. Nothing was changed; {RERUN} (it registers first)"
         ) from None
     if did["type"] != "DATASET":
         raise ReplicaConflict(f"{scope}:{name} is a {did['type']}, expected a dataset")
@@ -338,7 +338,7 @@ class RucioActivities:
         if found:
             raise ReplicaConflict(
                 "; ".join(found) + ". Nothing was overwritten (Rucio keeps a file's first size and "
-                "checksums): find out which is right, fix the file or the Rucio entry, then rerun"
+                f"checksums): find out which is right, fix the file or the Rucio entry, then {RERUN}"
             )
         return todo(wanted, held, datasets)
 

@@ -44,11 +44,12 @@ from temporalio import activity
 
 from unembargo.activities import destination
 from unembargo.activities.butler import exposure_record
-from unembargo.activities.context import Resources, checkpoint
+from unembargo.activities.context import Resources, checkpoint, heartbeating
 from unembargo.activities.headers import METADATA_INDEX, metadata_index, raw_metadata
 from unembargo.activities.s3 import S3Client, S3Object, list_folder, read_verified
 from unembargo.models import names
 from unembargo.models.errors import (
+    RERUN,
     DestinationConflict,
     IncompleteExposure,
     MissingExposure,
@@ -105,6 +106,11 @@ class ZipActivities:
     @activity.defn(name=names.ACTIVITY["zip"])
     def zip_exposure(self, inp: StepInput) -> ZipReceipt:
         """Zip the exposure's folder unless its zip already exists and matches it."""
+        # Listing and butler queries come before the first member's heartbeat.
+        with heartbeating():
+            return self._zip(inp)
+
+    def _zip(self, inp: StepInput) -> ZipReceipt:
         exp = inp.exposure
         relpath = names.zip_relpath(exp.instrument, exp.day_obs, exp.obs_id)
         final = self.resources.dest_path(relpath)
@@ -136,8 +142,8 @@ class ZipActivities:
             raise DestinationConflict(
                 f"{final} exists but does not match {folder.url}: {_summary(check.differences)}. "
                 "It was left untouched. Compare it with the bucket; if the zip is wrong, "
-                "move it aside (check Rucio and the main butler first) and start the "
-                "exposure again."
+                "move it aside (check Rucio and the main butler first), then "
+                f"{RERUN}."
             )
         if not folder.members:
             activity.logger.warning(
@@ -170,8 +176,8 @@ class ZipActivities:
         if missing:
             raise IncompleteExposure(
                 f"{exp.obs_id}: found {len(expected) - len(missing)} of {len(expected)} expected "
-                f"sensors in the embargo butler; missing {_names(missing)}. Waiting for them to "
-                "land and be ingested."
+                f"sensors in the embargo butler; missing {_names(missing)}. Nothing was zipped; "
+                "the exposure is zipped once every expected raw is ingested."
             )
         if not refs:
             raise MissingExposure(
@@ -234,8 +240,8 @@ def member_name(folder: Folder, key: str) -> str:
     if problem:
         raise UnsafeKey(
             f"object key {key!r} in {folder.url} cannot be a zip member ({problem}); nothing "
-            "was written. Rename or remove the object in the embargo bucket, then start the "
-            "exposure again."
+            "was written. Rename or remove the object in the embargo bucket, then "
+            f"{RERUN}."
         )
     assert name is not None
     return name

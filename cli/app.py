@@ -1,8 +1,8 @@
 """The ``unembargo`` command.
 
-    unembargo dev up              # local stack: Temporal + UI, S3, PostgreSQL, Rucio
-    unembargo dev seed            # synthetic LSSTCam exposures in the embargo bucket and butler
-    unembargo start --window 80h  # one durable workflow per exposure past its embargo
+unembargo dev up              # local stack: Temporal + UI, S3, PostgreSQL, Rucio
+unembargo dev seed            # synthetic LSSTCam exposures in the embargo bucket and butler
+unembargo start --window 80h  # one durable workflow per exposure past its embargo
 """
 
 from __future__ import annotations

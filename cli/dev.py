@@ -65,8 +65,12 @@ def seed(
     days: Annotated[
         str, typer.Option(help="Comma-separated day offsets before today (0 = today's day_obs).")
     ] = "4,1",
-    per_day: Annotated[int, typer.Option(help="Exposures per day (the first two are a bias and a dark).")] = 5,
-    size: Annotated[str, typer.Option(help="Approximate size of each raw FITS file, e.g. 64KiB, 8MiB.")] = "64KiB",
+    per_day: Annotated[
+        int, typer.Option(help="Exposures per day (the first two are a bias and a dark).")
+    ] = 5,
+    size: Annotated[
+        str, typer.Option(help="Approximate size of each raw FITS file, e.g. 64KiB, 8MiB.")
+    ] = "64KiB",
 ) -> None:
     """Write synthetic LSSTCam exposures to the embargo bucket and butler (idempotent)."""
     from unembargo.devstack.seed import seed as seed_days

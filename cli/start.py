@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,27 +16,18 @@ from rich.table import Table
 
 from unembargo.client.progress import Progress
 from unembargo.client.run import StartRequest, StartResult, run_start
-from unembargo.models.settings import Settings
+from unembargo.models.settings import Settings, parse_duration
 
 console = Console()
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
 
 
-def parse_duration(text: str) -> timedelta:
-    """'80h', '30m', '2d', '45s' or '0' as a timedelta.
-
-    >>> parse_duration("80h")
-    datetime.timedelta(days=3, seconds=28800)
-    """
-    if text.strip() == "0":
-        return timedelta(0)
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise typer.BadParameter(f"{text!r} is not a duration like 80h, 30m, 2d or 0")
-    return timedelta(**{_UNIT[match.group(2)]: float(match.group(1))})
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
 
 
 def progress_table(rows: list[Progress]) -> Table:
@@ -68,21 +58,26 @@ def start(
     day: Annotated[int | None, typer.Option(help="Only this day_obs (YYYYMMDD).")] = None,
     instrument: Annotated[str, typer.Option(help="Instrument name.")] = "LSSTCam",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would start; start nothing.")] = False,
+    restart_failed: Annotated[
+        bool, typer.Option("--restart-failed", help="Run again exposures whose last run failed.")
+    ] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once started.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Start one durable workflow per exposure whose embargo has passed.
 
-    Exposures already running or done are reported and not started again.
+    Exposures already running or done are reported and not started again; failed
+    ones only with --restart-failed (their finished steps are not redone).
     Exit code 0 only if no selected exposure failed.
     """
     settings: Settings = ctx.obj
     request = StartRequest(
         instrument=instrument,
-        window=parse_duration(window) if window is not None else None,
-        lookback=parse_duration(lookback),
+        window=_duration(window) if window is not None else None,
+        lookback=_duration(lookback),
         day_obs=day,
         dry_run=dry_run,
+        restart_failed=restart_failed,
     )
     wait = not (no_wait or dry_run)
     if as_json or not wait:
@@ -113,4 +108,6 @@ def _print_summary(settings: Settings, result: StartResult) -> None:
     if result.finished:
         done = Counter(p.status for p in result.finished)
         console.print("finished: " + ", ".join(f"{n} {k}" for k, n in sorted(done.items())))
-    console.print(f"Temporal web UI: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows")
+    console.print(
+        f"Temporal web UI: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows"
+    )

@@ -60,7 +60,9 @@ def add_location(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Location name (also names its task queue).")],
     site: Annotated[str, typer.Option(help="Site that hosts it.")],
-    kind: Annotated[str, typer.Option(help=f"One of: {', '.join(sorted(set(STEP_LOCATION_KIND.values())))}.")],
+    kind: Annotated[
+        str, typer.Option(help=f"One of: {', '.join(sorted(set(STEP_LOCATION_KIND.values())))}.")
+    ],
     storage: Annotated[str, typer.Option(help="Mount point, URI or endpoint it stands for.")],
     priority: Annotated[int, typer.Option(help="Highest active location of a kind is used.")] = 0,
     active: Annotated[bool, typer.Option(help="Inactive locations get no new work.")] = True,

@@ -1,8 +1,8 @@
 """The ``unembargo start`` job as a library call: select, start, watch.
 
-    >>> result = asyncio.run(run_start(Settings(), StartRequest(window=timedelta(hours=80))))  # doctest: +SKIP
-    >>> result.ok  # doctest: +SKIP
-    True
+>>> result = asyncio.run(run_start(Settings(), StartRequest(window=timedelta(hours=80))))  # doctest: +SKIP
+>>> result.ok  # doctest: +SKIP
+True
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class StartRequest:
     lookback: timedelta = timedelta(days=30)
     day_obs: int | None = None
     dry_run: bool = False
+    # Start a new run for exposures whose last run failed (same id, same idempotent steps).
+    restart_failed: bool = False
 
 
 @dataclass
@@ -57,8 +59,12 @@ class StartResult:
             "ok": self.ok,
             "selected": len(self.selected),
             "exposures": [
-                {**asdict(o.exposure), "workflow_id": o.workflow_id, "outcome": o.outcome,
-                 "final": status.get(o.workflow_id)}  # fmt: skip
+                {
+                    **asdict(o.exposure),
+                    "workflow_id": o.workflow_id,
+                    "outcome": o.outcome,
+                    "final": status.get(o.workflow_id),
+                }  # fmt: skip
                 for o in self.outcomes
             ]
             or [asdict(e) for e in self.selected],
@@ -75,7 +81,7 @@ def select(settings: Settings, request: StartRequest, now: datetime | None = Non
     return select_exposures(
         butler,
         instrument=request.instrument,
-        rules=settings.embargo_rules,
+        rules=settings.rules(),
         window=request.window,
         lookback=request.lookback,
         day_obs=request.day_obs,
@@ -98,7 +104,12 @@ async def run_start(
         queues = step_queues(session)
     client = await connect(settings)
     result.outcomes = await start_exposures(
-        client, settings.workflow_task_queue, result.selected, queues, policy or settings_policy(settings)
+        client,
+        settings.workflow_task_queue,
+        result.selected,
+        queues,
+        policy or settings_policy(settings),
+        restart_failed=request.restart_failed,
     )
     if wait:
         ids = [o.workflow_id for o in result.outcomes if o.outcome in ("started", "running")]

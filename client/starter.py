@@ -3,7 +3,7 @@
 The workflow id is derived from the exposure, and a start is refused when a run
 with that id exists (running, completed or failed): such exposures are reported
 with their state instead. Failed ones are restarted only on request
-(``restart_failed``), e.g. by ``unembargo reconcile --repair``.
+(``restart_failed``, ``unembargo start --restart-failed``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ never carry credentials or file contents.
 
 from __future__ import annotations
 
+# How an operator runs a failed exposure again once the cause is fixed.
+RERUN = "rerun the exposure with `unembargo start --restart-failed`"
+
 
 class BadInput(Exception):
     """Base of errors that retrying cannot fix; an operator must act."""

@@ -17,11 +17,13 @@ environment or from files (``*_file`` fields), never from command-line arguments
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,30 +31,61 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'80h', '30m', '2d', '45s' or '0' as a timedelta.
+
+    >>> parse_duration("80h")
+    datetime.timedelta(days=3, seconds=28800)
+    """
+    if text.strip() == "0":
+        return timedelta(0)
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 80h, 30m, 2d or 0")
+    return timedelta(**{_UNIT[match.group(2)]: float(match.group(1))})
+
+
+def _duration(value: Any) -> Any:
+    """Accept '80h' style strings as well as what pydantic takes (ISO 8601, seconds)."""
+    if isinstance(value, str) and _DURATION.match(value.strip()):
+        return parse_duration(value)
+    return value
+
+
+# A duration setting: "80h", "PT80H" or a number of seconds.
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
 
 class EmbargoRule(BaseModel):
     """Exposures matching a butler ``where`` clause stay embargoed for ``period``."""
 
     where: str
-    period: timedelta
+    period: Duration
 
 
-# As operators configure it today: calibrations that cannot see the sky are free at
-# once; everything else waits the full embargo period. First matching rule wins.
-# The butler's query language has no TRUE/FALSE literals: test a boolean column
-# directly. An exposure whose can_see_sky is NULL matches no rule but the last.
-DEFAULT_RULES = [
-    EmbargoRule(where="NOT exposure.can_see_sky", period=timedelta(0)),
-    EmbargoRule(where="", period=timedelta(hours=80)),
-]
+# Calibrations that cannot see the sky are free at once, as operators configure it today.
+# The butler's query language has no TRUE/FALSE literals: test a boolean column directly.
+# An exposure whose can_see_sky is NULL matches no rule but the catch-all.
+CALIBRATION_RULE = EmbargoRule(where="NOT exposure.can_see_sky", period=timedelta(0))
 
 
 def _config_file() -> Path | None:
     named = os.environ.get("UNEMBARGO_CONFIG")
     if named:
+        if not Path(named).is_file():
+            raise FileNotFoundError(f"UNEMBARGO_CONFIG names {named!r}, which is not a file")
         return Path(named)
     local = Path("unembargo.toml")
     return local if local.exists() else None
+
+
+def _under_state(*parts: str) -> Any:
+    """Default that follows ``state_dir`` (declared first, so already validated)."""
+    return lambda data: Path(data["state_dir"]).joinpath(*parts)
 
 
 class Settings(BaseSettings):
@@ -73,31 +106,36 @@ class Settings(BaseSettings):
     s3_bucket: str = "embargo"
     s3_prefix: str = ""
 
-    embargo_butler: str = ".dev/butler/embargo"
-    main_butler: str = ".dev/butler/main"
+    # Butler repos: a path or URI of the repo (or of its butler.yaml).
+    embargo_butler: str = Field(default_factory=lambda d: str(_under_state("butler", "embargo")(d)))
+    main_butler: str = Field(default_factory=lambda d: str(_under_state("butler", "main")(d)))
     # Files land at <dest_root>/<instrument>/<day_obs>/; its last component is the
     # Rucio scope, so the RSE prefix is its parent (identity naming rule).
-    dest_root: Path = Path(".dev/dest/raw")
+    dest_root: Path = Field(default_factory=_under_state("dest", "raw"))
 
     rucio_host: str = "http://127.0.0.1:8765"
     rucio_auth_host: str | None = None
     rucio_account: str = "root"
     rucio_username: str = "root"
     rucio_password: SecretStr | None = None
-    rucio_password_file: Path | None = Path(".dev/rucio/password")
+    rucio_password_file: Path | None = Field(default_factory=_under_state("rucio", "password"))
     rucio_rse: str = "UNEMBARGO_DEST"
     rucio_scope: str = "raw"
 
-    database_url: SecretStr = SecretStr("sqlite:///.dev/unembargo.db")
+    database_url: SecretStr = Field(
+        default_factory=lambda d: SecretStr(f"sqlite:///{_under_state('unembargo.db')(d)}")
+    )
     # Admin URL of the PostgreSQL the local stack uses (Rucio's database lives there).
     postgres_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
 
-    embargo_period: timedelta = timedelta(hours=80)
-    embargo_rules: list[EmbargoRule] = DEFAULT_RULES
+    # Embargo of everything no rule frees earlier. Rules (a butler where clause and a
+    # period each, first match wins) default to: calibrations 0 h, then this period.
+    embargo_period: Duration = timedelta(hours=80)
+    embargo_rules: list[EmbargoRule] | None = None
     # An exposure with fewer raws than expectedSensors is re-checked every
     # incomplete_poll until incomplete_wait has passed, then reported.
-    incomplete_wait: timedelta = timedelta(hours=2)
-    incomplete_poll: timedelta = timedelta(minutes=5)
+    incomplete_wait: Duration = timedelta(hours=2)
+    incomplete_poll: Duration = timedelta(minutes=5)
 
     @classmethod
     def settings_customise_sources(
@@ -114,15 +152,19 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
+    def rules(self) -> list[EmbargoRule]:
+        """The embargo rules in force; the last one catches every exposure."""
+        if self.embargo_rules is not None:
+            return self.embargo_rules
+        return [CALIBRATION_RULE, EmbargoRule(where="", period=self.embargo_period)]
+
     def rucio_secret(self) -> str:
         """The Rucio password, from the setting or its file."""
         if self.rucio_password is not None:
             return self.rucio_password.get_secret_value()
         if self.rucio_password_file is not None and self.rucio_password_file.exists():
             return self.rucio_password_file.read_text().strip()
-        raise RuntimeError(
-            "no Rucio password: set UNEMBARGO_RUCIO_PASSWORD or UNEMBARGO_RUCIO_PASSWORD_FILE"
-        )
+        raise RuntimeError("no Rucio password: set UNEMBARGO_RUCIO_PASSWORD or UNEMBARGO_RUCIO_PASSWORD_FILE")
 
     @property
     def rse_prefix(self) -> Path:

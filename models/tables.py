@@ -1,12 +1,12 @@
 """Tables of unembargo's own database (SQLite by default, PostgreSQL in production).
 
-    >>> from sqlmodel import Session, select
-    >>> engine = connect("sqlite://")
-    >>> with Session(engine) as s:
-    ...     s.add(Site(name="SLAC")); s.add(Location(name="slac-dest", site="SLAC",
-    ...         kind="destination", storage="/sdf/data/rubin/raw")); s.commit()
-    ...     [loc.name for loc in s.exec(select(Location))]
-    ['slac-dest']
+>>> from sqlmodel import Session, select
+>>> engine = connect("sqlite://")
+>>> with Session(engine) as s:
+...     s.add(Site(name="SLAC")); s.add(Location(name="slac-dest", site="SLAC",
+...         kind="destination", storage="/sdf/data/rubin/raw")); s.commit()
+...     [loc.name for loc in s.exec(select(Location))]
+['slac-dest']
 """
 
 from __future__ import annotations

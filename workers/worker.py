@@ -88,7 +88,9 @@ def build_workers(
     return workers
 
 
-async def run(client: Client, settings: Settings, locations: Sequence[str], serve_workflows: bool = True) -> None:
+async def run(
+    client: Client, settings: Settings, locations: Sequence[str], serve_workflows: bool = True
+) -> None:
     """Serve until cancelled (Ctrl-C / SIGTERM)."""
     workers = build_workers(client, settings, locations, serve_workflows)
     log.info("serving %s", ", ".join(w.task_queue for w in workers))

@@ -17,7 +17,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from unembargo.models import names
-    from unembargo.models.errors import NON_RETRYABLE
+    from unembargo.models.errors import NON_RETRYABLE, RERUN
     from unembargo.models.exposure import (
         ExportReceipt,
         ExposureInput,
@@ -106,11 +106,16 @@ class ExposureWorkflow:
                 return receipt
             except ActivityError as err:
                 cause = err.cause
-                incomplete = (
-                    isinstance(cause, ApplicationError) and cause.type == "IncompleteExposure"
-                )
-                if not incomplete or workflow.now() >= deadline:
+                incomplete = isinstance(cause, ApplicationError) and cause.type == "IncompleteExposure"
+                if not incomplete:
                     raise _named(err, "zip") from err
+                if workflow.now() >= deadline:
+                    raise ApplicationError(
+                        f"step zip: gave up after waiting {inp.policy.incomplete_wait_s:.0f}s: "
+                        f"{cause.message} Once the raws are in, {RERUN}.",
+                        type="IncompleteExposure",
+                        non_retryable=True,
+                    ) from err
                 self._state.waiting_for = str(cause.message)
                 await workflow.sleep(timedelta(seconds=inp.policy.incomplete_poll_s))
 
@@ -148,7 +153,5 @@ def _named(err: ActivityError, step: str) -> ApplicationError:
     """Fail the workflow under the activity's error name, so the UI shows the cause."""
     cause = err.cause
     if isinstance(cause, ApplicationError):
-        return ApplicationError(
-            f"step {step}: {cause.message}", type=cause.type, non_retryable=True
-        )
+        return ApplicationError(f"step {step}: {cause.message}", type=cause.type, non_retryable=True)
     return ApplicationError(f"step {step}: {err}", type="StepFailed", non_retryable=True)
