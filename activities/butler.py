@@ -69,6 +69,9 @@ RECORD_SHAPES: tuple[tuple[str, ...], ...] = (
 # At most this many differences are named in an error message.
 _SHOWN = 5
 
+# Dataset types of an exposure's raws; guider_raw only where the registry has it.
+RAW_TYPES = ("raw", "guider_raw")
+
 
 class ButlerActivities:
     """The export and ingest steps, sharing one worker's butlers and ledger."""

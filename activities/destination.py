@@ -122,3 +122,23 @@ def install(staging: Path, final: Path) -> bool:
     finally:
         os.close(dir_fd)
     return True
+
+
+def list_day(root: Path, day_relpath: str) -> dict[str, int]:
+    """Installed files of a day folder: relative path -> size (one stat each).
+
+    Hidden names (staging files of attempts in progress) are skipped; a missing
+    day folder holds nothing, a missing root is an unmounted disk (an error).
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"destination root {root} is missing (not mounted?)")
+    folder = root / day_relpath
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return {}
+    return {
+        f"{day_relpath}/{entry.name}": entry.stat().st_size
+        for entry in entries
+        if not entry.name.startswith(".") and entry.is_file()
+    }

@@ -35,12 +35,15 @@ from unembargo.models.exposure import (
     StepInput,
     TagReceipt,
 )
+from unembargo.models.reconcile import ObsDataset, RucioDay, RucioFile
 
 if TYPE_CHECKING:
     from rucio.client import Client
 
 BACKUP_TAG = f"{names.BACKUP_KEY}={names.BACKUP_VALUE}"
 AVAILABLE = "AVAILABLE"
+# The server's schema takes at most this many DIDs in one bulk call (maxItems).
+BULK_DIDS = 1000
 
 
 @dataclass(frozen=True)
@@ -100,9 +103,7 @@ class TagState:
 
 def register_datasets(exposure: Exposure, tracts: Iterable[int]) -> list[str]:
     """Every dataset the exposure's files belong in: one per tract (or NoTract), then Obs."""
-    kinds: list[int | None] = [*sorted(set(tracts))] or [None]
-    day = [names.tract_dataset(exposure.instrument, exposure.day_obs, t) for t in kinds]
-    return day + [names.obs_dataset(exposure.instrument, exposure.day_obs, exposure.obs_id)]
+    return names.exposure_datasets(exposure.instrument, exposure.day_obs, exposure.obs_id, tracts)
 
 
 def exposure_files(exposure: Exposure) -> list[str]:
@@ -393,3 +394,81 @@ class RucioActivities:
                 f"{names.BACKUP_KEY}={after.value!r}"
             )
         return TagReceipt(dataset=name, metadata=BACKUP_TAG, already_done=False)
+
+
+# ---------------------------------------------------------------- the day, for reconcile
+
+
+def day_catalog(client: Client, scope: str, instrument: str, day_obs: int) -> RucioDay:
+    """What Rucio holds of a day, in a handful of bulk calls whatever the number of exposures.
+
+    Three name-pattern listings (Obs datasets, Tract/NoTract datasets, files), then
+    bulk metadata of the files (bytes, checksums, availability) and of the Obs
+    datasets (open, backup tag), and one bulk listing of every dataset's content.
+    Replica PFNs and states are not read: ``list_replicas`` costs about 5 ms per
+    file on the server, and the register step checks them when it runs.
+    """
+    obs_names = [
+        n for n in _names(client, scope, names.obs_dataset_pattern(instrument, day_obs), "dataset")
+        if _obs_id(n, instrument, day_obs)
+    ]  # fmt: skip
+    day_sets = [
+        n for n in _names(client, scope, names.day_dataset_pattern(instrument, day_obs), "dataset")
+        if names.parse_obs_dataset(n) is None
+    ]  # fmt: skip
+    files = [
+        n for n in _names(client, scope, names.day_file_pattern(instrument, day_obs), "file")
+        if names.parse_day_file(n)
+    ]  # fmt: skip
+    parents = dataset_contents(client, scope, obs_names + day_sets)
+    return RucioDay(
+        files={
+            m["name"]: _file(m, parents.get(m["name"], set()))
+            for m in _metadata(client, scope, files, "DID_COLUMN")
+        },
+        obs={
+            obs_id: ObsDataset(open=bool(m.get("is_open")), backup=m.get(names.BACKUP_KEY))
+            for m in _metadata(client, scope, obs_names, "ALL")
+            if (obs_id := _obs_id(m["name"], instrument, day_obs))
+        },
+    )
+
+
+def _names(client: Client, scope: str, pattern: str, did_type: str) -> list[str]:
+    return list(client.list_dids(scope, [{"name": pattern}], did_type=did_type))
+
+
+def _obs_id(name: str, instrument: str, day_obs: int) -> str | None:
+    parsed = names.parse_obs_dataset(name)
+    return parsed[2] if parsed and parsed[:2] == (instrument, day_obs) else None
+
+
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), BULK_DIDS):
+        yield items[start : start + BULK_DIDS]
+
+
+def _metadata(client: Client, scope: str, dids: list[str], plugin: str) -> Iterable[dict[str, Any]]:
+    """Metadata of many DIDs, ``BULK_DIDS`` per call."""
+    for chunk in _chunks(dids):
+        yield from client.get_metadata_bulk([{"scope": scope, "name": n} for n in chunk], plugin=plugin)
+
+
+def dataset_contents(client: Client, scope: str, datasets: list[str]) -> dict[str, set[str]]:
+    """File name -> the datasets among ``datasets`` it is attached to (one bulk listing)."""
+    parents: dict[str, set[str]] = {}
+    for chunk in _chunks(datasets):
+        for entry in client.bulk_list_files([{"scope": scope, "name": n} for n in chunk]):
+            if entry["scope"] == scope and entry.get("parent_scope") == scope:
+                parents.setdefault(entry["name"], set()).add(entry["parent_name"])
+    return parents
+
+
+def _file(meta: dict[str, Any], parents: set[str]) -> RucioFile:
+    return RucioFile(
+        bytes=meta.get("bytes"),
+        adler32=meta.get("adler32"),
+        md5=meta.get("md5"),
+        available=meta.get("availability") == AVAILABLE,
+        parents=frozenset(parents),
+    )

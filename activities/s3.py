@@ -117,3 +117,14 @@ def _get(client: S3Client, bucket: str, obj: S3Object) -> bytes:
         raise
     with response["Body"] as body:
         return body.read()
+
+
+def list_subfolders(client: S3Client, bucket: str, prefix: str) -> list[str]:
+    """Names of the folders directly under ``prefix`` (a delimiter listing: one entry per
+    folder, not per object), sorted."""
+    found: list[str] = []
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            found.append(common["Prefix"][len(prefix) :].rstrip("/"))
+    return sorted(found)

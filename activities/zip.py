@@ -43,7 +43,7 @@ from lsst.resources import ResourcePath
 from temporalio import activity
 
 from unembargo.activities import destination
-from unembargo.activities.butler import exposure_record
+from unembargo.activities.butler import RAW_TYPES, exposure_record
 from unembargo.activities.context import Resources, checkpoint, heartbeating
 from unembargo.activities.headers import METADATA_INDEX, metadata_index, raw_metadata
 from unembargo.activities.s3 import S3Client, S3Object, list_folder, read_verified
@@ -60,8 +60,6 @@ from unembargo.models.exposure import Exposure, FileReceipt, StepInput, ZipRecei
 
 BUTLER_INDEX = ZipIndex.index_name
 INDEX_NAMES = (BUTLER_INDEX, METADATA_INDEX)
-# Dataset types of an exposure's raws; guider_raw only where the registry has it.
-RAW_TYPES = ("raw", "guider_raw")
 
 # Parallel downloads. At most WINDOW objects and WINDOW_BYTES are held in memory
 # at once (plus one larger object alone), whatever the exposure's size.

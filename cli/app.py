@@ -3,15 +3,20 @@
 unembargo dev up              # local stack: Temporal + UI, S3, PostgreSQL, Rucio
 unembargo dev seed            # synthetic LSSTCam exposures in the embargo bucket and butler
 unembargo start --window 80h  # one durable workflow per exposure past its embargo
+unembargo schedule create     # ... every 15 minutes, as a Temporal Schedule
+unembargo status OBS_ID       # an exposure's step timeline; `retry OBS_ID` moves it on
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from typing import Annotated
 
 import typer
 
-from unembargo.cli import dev, start, workers
+from unembargo.cli import dev, reconcile, schedule, start, status, workers
 from unembargo.models.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Move raw exposures out of embargo, durably.")
@@ -19,6 +24,10 @@ app.add_typer(dev.app, name="dev")
 app.add_typer(workers.locations_app, name="locations")
 app.command()(start.start)
 app.command()(workers.worker)
+app.command()(reconcile.reconcile)
+app.add_typer(schedule.app, name="schedule")
+app.command()(status.status)
+app.command()(status.retry)
 
 
 @app.callback()
@@ -27,18 +36,34 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Load settings once (environment, then UNEMBARGO_CONFIG / unembargo.toml)."""
-    import logging
+    from unembargo.client.telemetry import setup_logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    # Every line names its exposure and step ("-" outside an activity).
+    setup_logging(logging.DEBUG if verbose else logging.WARNING)
     ctx.obj = Settings()
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+        code: int | str | None = 0
+    except SystemExit as done:
+        code = done.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    # Leave without interpreter teardown: a Temporal client's Rust threads can abort it
+    # ("Fatal Python error: PyGILState_Release", temporalio/sdk-python#300), turning a
+    # command that did all its work (say `dev up`, whose worker check uses a client) into
+    # exit status -6. Nothing is left to run by then: flush what is buffered and go.
+    from unembargo.client.telemetry import flush
+
+    flush()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

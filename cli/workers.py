@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated
 
 import typer
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session, select
 
-from unembargo.models.names import STEP_LOCATION_KIND, location_queue
+from unembargo.models.names import STEP_LOCATION_KIND, InvalidName, location_queue
 from unembargo.models.settings import Settings
 from unembargo.models.tables import Location, connect, upsert_location
 
@@ -32,6 +33,9 @@ def worker(
     from unembargo.workers.worker import run
 
     settings: Settings = ctx.obj
+    # A worker's log is its record of what it did: at least INFO (--verbose: DEBUG).
+    root = logging.getLogger()
+    root.setLevel(min(root.level, logging.INFO))
 
     async def main() -> None:
         await run(await temporal_connect(settings), settings, location, workflows)
@@ -70,7 +74,10 @@ def add_location(
     """Create or update a location."""
     if kind not in STEP_LOCATION_KIND.values():
         raise typer.BadParameter(f"unknown kind {kind!r}", param_hint="--kind")
-    location_queue(name)  # validates the name
+    try:
+        location_queue(name)
+    except InvalidName as err:
+        raise typer.BadParameter(str(err), param_hint="NAME") from err
     settings: Settings = ctx.obj
     with Session(connect(settings.database_url.get_secret_value())) as session:
         upsert_location(session, Location(name=name, site=site, kind=kind, storage=storage,

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from temporalio.client import Client
+from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 
+from unembargo.client.telemetry import configure_tracing
 from unembargo.models.settings import Settings
 
 
 async def connect(settings: Settings) -> Client:
-    """Client for the configured Temporal frontend and namespace."""
-    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    """Client for the configured Temporal frontend and namespace.
+
+    The OpenTelemetry plugin carries trace context from client to workflow to
+    activity; workers built on this client inherit it.
+    """
+    configure_tracing(settings)
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        plugins=[OpenTelemetryPlugin()],
+    )

@@ -1,14 +1,16 @@
-"""Watch exposure workflows move through their steps until they all finish."""
+"""Exposure workflows as seen now: watch some until they finish, or list a day's."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus, WorkflowFailureError
 
-from unembargo.workflows.exposure import SA_STEP
+from unembargo.models import names
+from unembargo.models.reconcile import WorkflowRun
+from unembargo.workflows.exposure import SA_OBS_ID, SA_STEP
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,10 @@ class Progress:
         return self.status != "running"
 
 
-async def _error_of(client: Client, workflow_id: str) -> str:
+async def failure_message(client: Client, workflow_id: str, run_id: str | None = None) -> str:
     """The failure message of a closed, unsuccessful run (no payload contents)."""
     try:
-        await client.get_workflow_handle(workflow_id).result()
+        await client.get_workflow_handle(workflow_id, run_id=run_id).result()
     except WorkflowFailureError as err:
         cause = err.cause
         return str(getattr(cause, "message", None) or cause)
@@ -40,7 +42,7 @@ async def snapshot(client: Client, workflow_id: str) -> Progress:
     desc = await client.get_workflow_handle(workflow_id).describe()
     status = (desc.status or WorkflowExecutionStatus.RUNNING).name.lower()
     step = desc.typed_search_attributes.get(SA_STEP) or "-"
-    error = await _error_of(client, workflow_id) if status in ("failed", "timed_out") else None
+    error = await failure_message(client, workflow_id) if status in ("failed", "timed_out") else None
     return Progress(workflow_id, status, step, error)
 
 
@@ -61,3 +63,57 @@ async def watch(
         if all(p.finished for p in current):
             return current
         await asyncio.sleep(interval)
+
+
+async def day_runs(
+    client: Client, instrument: str, day_obs: int, concurrency: int = 16
+) -> dict[str, WorkflowRun]:
+    """The latest run of every exposure workflow of a day, by obs_id.
+
+    One visibility query lists them all; only running and failed runs cost one more
+    call each (their pending activity, or their error).
+    """
+    latest: dict[str, WorkflowExecution] = {}
+    async for execution in client.list_workflows(names.day_workflows_query(instrument, day_obs)):
+        obs_id = execution.typed_search_attributes.get(SA_OBS_ID)
+        if obs_id is None:
+            continue
+        known = latest.get(obs_id)
+        if known is None or execution.start_time > known.start_time:
+            latest[obs_id] = execution
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(execution: WorkflowExecution) -> WorkflowRun:
+        async with gate:
+            return await _run(client, execution)
+
+    runs = await asyncio.gather(*(one(e) for e in latest.values()))
+    return dict(zip(latest, runs, strict=True))
+
+
+async def _run(client: Client, execution: WorkflowExecution) -> WorkflowRun:
+    status = (execution.status or WorkflowExecutionStatus.RUNNING).name.lower()
+    run = WorkflowRun(
+        workflow_id=execution.id,
+        status=status,
+        step=execution.typed_search_attributes.get(SA_STEP) or "-",
+        started=execution.start_time,
+    )
+    if status == "running":
+        return await _with_pending(client, run, execution.run_id)
+    if status in ("failed", "timed_out"):
+        return replace(run, error=await failure_message(client, execution.id, execution.run_id))
+    return run
+
+
+async def _with_pending(client: Client, run: WorkflowRun, run_id: str) -> WorkflowRun:
+    """``run`` with its (first) pending activity: which, which attempt, its last failure."""
+    desc = await client.get_workflow_handle(run.workflow_id, run_id=run_id).describe()
+    pending = desc.raw_description.pending_activities
+    if not pending:
+        return run
+    first = pending[0]
+    failure = first.last_failure.message if first.HasField("last_failure") else ""
+    return replace(
+        run, activity=first.activity_type.name, attempt=first.attempt, last_failure=failure or None
+    )

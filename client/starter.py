@@ -3,7 +3,9 @@
 The workflow id is derived from the exposure, and a start is refused when a run
 with that id exists (running, completed or failed): such exposures are reported
 with their state instead. Failed ones are restarted only on request
-(``restart_failed``, ``unembargo start --restart-failed``).
+(``restart_failed``, ``unembargo start --restart-failed``), and completed ones
+only when ``rerun_completed`` says so (``unembargo reconcile --repair``, for an
+exposure whose work was undone after its run completed).
 """
 
 from __future__ import annotations
@@ -44,14 +46,9 @@ async def _start_one(
     exposure: Exposure,
     queues: StepQueues,
     policy: Policy,
-    restart_failed: bool,
+    reuse: WorkflowIDReusePolicy,
 ) -> StartOutcome:
     wid = names.workflow_id(exposure.instrument, exposure.obs_id)
-    reuse = (
-        WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
-        if restart_failed
-        else WorkflowIDReusePolicy.REJECT_DUPLICATE
-    )
     try:
         await client.start_workflow(
             names.EXPOSURE_WORKFLOW,
@@ -83,13 +80,29 @@ async def start_exposures(
     queues: StepQueues,
     policy: Policy | None = None,
     restart_failed: bool = False,
+    rerun_completed: bool = False,
 ) -> list[StartOutcome]:
-    """Start a workflow for each exposure that has none; report the others."""
+    """Start a workflow for each exposure that has none; report the others.
+
+    ``restart_failed`` also starts a new run where the last one failed (or was
+    terminated, canceled, timed out); ``rerun_completed`` where it completed too.
+    A running workflow is never started twice.
+    """
     gate = asyncio.Semaphore(START_CONCURRENCY)
     policy = policy or Policy()
+    reuse = _reuse_policy(restart_failed, rerun_completed)
 
     async def one(exp: Exposure) -> StartOutcome:
         async with gate:
-            return await _start_one(client, task_queue, exp, queues, policy, restart_failed)
+            return await _start_one(client, task_queue, exp, queues, policy, reuse)
 
     return list(await asyncio.gather(*(one(e) for e in exposures)))
+
+
+def _reuse_policy(restart_failed: bool, rerun_completed: bool) -> WorkflowIDReusePolicy:
+    """Which closed runs a new start of the same id may follow."""
+    if rerun_completed:
+        return WorkflowIDReusePolicy.ALLOW_DUPLICATE
+    if restart_failed:
+        return WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
+    return WorkflowIDReusePolicy.REJECT_DUPLICATE

@@ -13,16 +13,26 @@ Pure functions of the exposure's business key, safe to import in workflow code.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from unembargo.models.errors import UnsafeKey
 
 # The five steps of an exposure, in order (design.md "The job").
 STEPS = ("zip", "export", "ingest", "register", "tag")
+# Values of the `step` search attribute besides the steps: started but not yet at
+# zip; an incomplete exposure waiting on a timer for its raws; all five done.
+STEP_QUEUED = "queued"
+STEP_WAITING = "waiting"
+STEP_DONE = "done"
 
 # Instrument and obs_id become path components, S3 keys and Rucio names: allow
 # only what all three accept, so no name can escape a folder or break a DID.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 _DAY_OBS = re.compile(r"^(19|20|21)\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])$")
+_OBS_DATASET = re.compile(r"^Dataset/(?P<inst>[^/]+)/raw/Obs/(?P<day>\d{8})/(?P<obs>[^/]+)$")
+
+ZIP_SUFFIX = ".zip"
+YAML_SUFFIX = "_dimensions.yaml"
 
 TRACT_DATASET_KIND = "Tract"
 NO_TRACT = "NoTract"
@@ -90,12 +100,33 @@ def day_relpath(instrument: str, day_obs: int) -> str:
 
 def zip_relpath(instrument: str, day_obs: int, obs_id: str) -> str:
     """Zip path under the destination root; equal to the zip's Rucio name."""
-    return f"{day_relpath(instrument, day_obs)}/{check_name('obs_id', obs_id)}.zip"
+    return f"{day_relpath(instrument, day_obs)}/{check_name('obs_id', obs_id)}{ZIP_SUFFIX}"
 
 
 def yaml_relpath(instrument: str, day_obs: int, obs_id: str) -> str:
     """Dimension-record yaml path under the destination root; equal to its Rucio name."""
-    return f"{day_relpath(instrument, day_obs)}/{check_name('obs_id', obs_id)}_dimensions.yaml"
+    return f"{day_relpath(instrument, day_obs)}/{check_name('obs_id', obs_id)}{YAML_SUFFIX}"
+
+
+def day_file_pattern(instrument: str, day_obs: int) -> str:
+    """Rucio name pattern listing every file (zip and yaml) of a day."""
+    return f"{day_relpath(instrument, day_obs)}/*"
+
+
+def parse_day_file(name: str) -> tuple[str, str] | None:
+    """(obs_id, "zip" or "yaml") of a zip or yaml name (a path's last part), else None.
+
+    >>> parse_day_file("LSSTCam/20251231/MC_O_20251231_000010_dimensions.yaml")
+    ('MC_O_20251231_000010', 'yaml')
+    >>> parse_day_file(".MC_O_20251231_000010.zip.0123abcd.partial") is None
+    True
+    """
+    base = name.rpartition("/")[2]
+    for kind, suffix in (("yaml", YAML_SUFFIX), ("zip", ZIP_SUFFIX)):
+        obs_id = base.removesuffix(suffix)
+        if obs_id != base and _NAME.match(obs_id):
+            return obs_id, kind
+    return None
 
 
 def tract_dataset(instrument: str, day_obs: int, tract: int | None) -> str:
@@ -112,9 +143,54 @@ def obs_dataset(instrument: str, day_obs: int, obs_id: str) -> str:
     )
 
 
+def exposure_datasets(instrument: str, day_obs: int, obs_id: str, tracts: Iterable[int]) -> list[str]:
+    """Every dataset an exposure's zip and yaml belong in: one per tract (or NoTract), then Obs.
+
+    >>> exposure_datasets("LSSTCam", 20251231, "MC_O_20251231_000010", [])
+    ['Dataset/LSSTCam/raw/NoTract/20251231', 'Dataset/LSSTCam/raw/Obs/20251231/MC_O_20251231_000010']
+    """
+    kinds: list[int | None] = [*sorted(set(tracts))] or [None]
+    day = [tract_dataset(instrument, day_obs, t) for t in kinds]
+    return day + [obs_dataset(instrument, day_obs, obs_id)]
+
+
 def obs_dataset_pattern(instrument: str, day_obs: int) -> str:
     """Rucio name pattern listing every Obs dataset of a day."""
     return f"Dataset/{check_name('instrument', instrument)}/raw/Obs/{check_day_obs(day_obs)}/*"
+
+
+def parse_obs_dataset(name: str) -> tuple[str, int, str] | None:
+    """(instrument, day_obs, obs_id) of an Obs dataset name, else None.
+
+    >>> parse_obs_dataset("Dataset/LSSTCam/raw/Obs/20251231/MC_O_20251231_000010")
+    ('LSSTCam', 20251231, 'MC_O_20251231_000010')
+    >>> parse_obs_dataset("Dataset/LSSTCam/raw/Tract5/20251231") is None
+    True
+    """
+    match = _OBS_DATASET.match(name)
+    if not match or not (_NAME.match(match["inst"]) and _NAME.match(match["obs"])):
+        return None
+    return match["inst"], int(match["day"]), match["obs"]
+
+
+def day_dataset_pattern(instrument: str, day_obs: int) -> str:
+    """Rucio name pattern listing a day's Tract and NoTract datasets (not its Obs ones)."""
+    return f"Dataset/{check_name('instrument', instrument)}/raw/*/{check_day_obs(day_obs)}"
+
+
+def day_workflows_query(instrument: str, day_obs: int) -> str:
+    """Temporal visibility query listing every exposure workflow of a day."""
+    instrument, day_obs = check_name("instrument", instrument), check_day_obs(day_obs)
+    return (
+        f'WorkflowType = "{EXPOSURE_WORKFLOW}" AND {SA_INSTRUMENT} = "{instrument}" '
+        f"AND {SA_DAY_OBS} = {day_obs}"
+    )
+
+
+def raw_runs_glob(instrument: str) -> str:
+    """Butler RUN collections that hold an instrument's raws (``LSSTCam/raw/all``, ...);
+    zips keep each dataset's run, so the main butler's raws are in the same runs."""
+    return f"{check_name('instrument', instrument)}/raw/*"
 
 
 def location_queue(location: str) -> str:
@@ -142,3 +218,27 @@ STEP_LOCATION_KIND = {
 }
 
 EXPOSURE_WORKFLOW = "UnembargoExposure"
+
+# The step an activity name belongs to (for status, spans and log lines).
+STEP_OF_ACTIVITY = {activity: step for step, activity in ACTIVITY.items()}
+
+# Runs that ``unembargo schedule`` starts: select due exposures, start their workflows.
+SELECT_WORKFLOW = "UnembargoSelectAndStart"
+SELECT_ACTIVITY = "select_and_start"
+# The selection reads the embargo butler, as zip does: it runs where zip runs.
+SELECT_LOCATION_KIND = STEP_LOCATION_KIND["zip"]
+
+
+def schedule_id(instrument: str) -> str:
+    """Id of the schedule that unembargoes an instrument's exposures as they come due."""
+    return f"unembargo-schedule-{check_name('instrument', instrument)}"
+
+
+def exposure_attributes(
+    instrument: str, day_obs: int, obs_id: str, step: str | None = None
+) -> dict[str, str | int]:
+    """Span attributes and log fields of an exposure: the keys of its search attributes."""
+    found: dict[str, str | int] = {SA_INSTRUMENT: instrument, SA_DAY_OBS: day_obs, SA_OBS_ID: obs_id}
+    if step is not None:
+        found[SA_STEP] = step
+    return found

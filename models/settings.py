@@ -20,7 +20,7 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr
@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     incomplete_wait: Duration = timedelta(hours=2)
     incomplete_poll: Duration = timedelta(minutes=5)
 
+    # Where spans go: "auto" is OTLP/HTTP to otel_endpoint when one is set, else the
+    # console (stderr, one JSON line per span); "none" drops them.
+    otel_exporter: Literal["auto", "console", "otlp", "none"] = "auto"
+    otel_endpoint: str | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -165,6 +170,12 @@ class Settings(BaseSettings):
         if self.rucio_password_file is not None and self.rucio_password_file.exists():
             return self.rucio_password_file.read_text().strip()
         raise RuntimeError("no Rucio password: set UNEMBARGO_RUCIO_PASSWORD or UNEMBARGO_RUCIO_PASSWORD_FILE")
+
+    def span_exporter(self) -> str:
+        """The exporter in force: "console", "otlp" or "none"."""
+        if self.otel_exporter == "auto":
+            return "otlp" if self.otel_endpoint else "console"
+        return self.otel_exporter
 
     @property
     def rse_prefix(self) -> Path:

@@ -79,17 +79,18 @@ async def ensure_namespace(client: Client, namespace: str) -> None:
     """Register ``namespace`` with unembargo's search attributes, unless it has them."""
     from temporalio.api.enums.v1 import IndexedValueType
     from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, RegisterNamespaceRequest
+    from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
     from temporalio.service import RPCError, RPCStatusCode
 
+    # Register first, never look it up before: the server caches "not found", and calls
+    # naming the namespace then fail for about a second after it has been registered.
     try:
-        await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
-    except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:
-            raise
         await client.workflow_service.register_namespace(
             RegisterNamespaceRequest(namespace=namespace, workflow_execution_retention_period=RETENTION)
         )
+    except RPCError as err:
+        if err.status != RPCStatusCode.ALREADY_EXISTS:
+            raise
     existing = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=namespace)
     )

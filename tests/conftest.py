@@ -6,23 +6,24 @@ reused when already up and stopped at the end only if this session started it
 and no other session still uses it.
 Each session then gets its own bucket, butler repos, destination root, Rucio scope
 and RSE, database and task queues, so sessions and tests do not see each other's
-data; a module that must not share even the session's asks ``isolated`` for its own.
+data; a module that must not share even the session's uses ``module_settings``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import asyncio
+import fcntl
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from pydantic import SecretStr
-from support import STACK_DIR, stack_settings
+from temporalio.client import Client
 
-from unembargo.devstack import rucio_server, stack
+from support import STACK_DIR, stack_settings
+from unembargo.devstack import rucio_server, stack, temporal
 from unembargo.models.settings import Settings
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ def isolate(base: Settings, root: Path) -> Settings:
     own.dest_root.mkdir(parents=True)
     ensure_repos(own)  # the bucket first, then both repos
     rucio_server.ensure_catalog(own)  # scope, RSE, and a check that PFNs land on dest_root
+    asyncio.run(_register_namespace(own))
     return own
 
 
@@ -93,10 +95,12 @@ def settings(stack_up: Settings, tmp_path_factory: pytest.TempPathFactory) -> Se
     return isolate(stack_up, tmp_path_factory.mktemp("unembargo"))
 
 
-@pytest.fixture(scope="session")
-def isolated(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Settings]:
-    """Makes, for a module or test that must not share the session's, settings of its own."""
-    return lambda name: isolate(settings, tmp_path_factory.mktemp(name))
+@pytest.fixture(scope="module")
+def module_settings(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Settings:
+    """Like ``settings``, but the module's own: for tests that expect exactly their data."""
+    return isolate(settings, tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]))
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +112,7 @@ def rucio(settings: Settings) -> RucioClient:
 
 
 async def _register_namespace(settings: Settings) -> None:
+    """The settings' Temporal namespace, with unembargo's search attributes."""
     client = await Client.connect(settings.temporal_address)
     await temporal.ensure_namespace(client, settings.temporal_namespace)
 

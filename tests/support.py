@@ -7,10 +7,10 @@ import inspect
 import os
 import random
 import signal
-import time
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import Session
-from support import WorkerProcess, fresh_day, poll_until
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
-from verify import check_unembargoed
 
+from support import WorkerProcess, fresh_day, poll_until
 from unembargo.client.starter import start_exposures
 from unembargo.devstack import postgres, rucio_server
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models.exposure import Exposure, Policy
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect, step_queues
+from verify import check_unembargoed
 
 FAST = Policy(heartbeat_s=5, incomplete_wait_s=8, incomplete_poll_s=2)
 

@@ -1,6 +1,6 @@
 """The export and ingest steps, and exposure selection, against real butler repos.
 
-A private moto server holds the embargo bucket; exposures are seeded into a real
+The test stack's S3 holds the module's own embargo bucket; exposures are seeded into a real
 embargo butler (records, visits, tracts, raws ingested "direct" from S3); the zip
 is made once by the zip step; each test gets its own destination root, main
 butler and ledger. Activities run inside Temporal's ActivityEnvironment.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -40,10 +39,9 @@ from unembargo.activities.butler import ButlerActivities
 from unembargo.activities.context import Resources
 from unembargo.activities.selection import select_exposures
 from unembargo.activities.zip import ZipActivities
-from unembargo.devstack import lsstcam, procs
-from unembargo.devstack.butler_repos import GUIDER_RAW, GUIDER_RUN, RAW, RAW_RUN, ensure_repos
+from unembargo.devstack import lsstcam
+from unembargo.devstack.butler_repos import GUIDER_RAW, GUIDER_RUN, RAW, RAW_RUN
 from unembargo.devstack.formatter import SyntheticRawFormatter
-from unembargo.devstack.s3 import LOCAL_ENV
 from unembargo.devstack.seed import SeededExposure, exposure_records, plan_exposure, seed_exposure
 from unembargo.models import names
 from unembargo.models.errors import DatasetConflict, DestinationConflict, DimensionRecordConflict
@@ -55,8 +53,11 @@ from unembargo.models.exposure import (
     IngestReceipt,
     StepInput,
 )
-from unembargo.models.settings import DEFAULT_RULES, EmbargoRule, Settings
+from unembargo.models.settings import EmbargoRule, Settings
 from unembargo.models.tables import Effect
+
+# The rules in force when nothing is configured: calibrations 0 h, everything else 80 h.
+DEFAULT_RULES = Settings().rules()
 
 DAY = 20251231
 INSTRUMENT = lsstcam.INSTRUMENT
@@ -112,34 +113,9 @@ def _exposure(seeded: SeededExposure) -> Exposure:
 
 
 @pytest.fixture(scope="module")
-def embargo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embargo]:
-    """A private moto server, the embargo repo, four seeded exposures and one zip."""
-    state = tmp_path_factory.mktemp("butler-steps")
-    port = procs.free_port()
-    with pytest.MonkeyPatch.context() as env:
-        # Before any S3 call: boto3 and lsst-resources read these once per client.
-        for key, value in LOCAL_ENV.items():
-            env.setenv(key, value)
-        env.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        moto = Path(sys.executable).parent / "moto_server"
-        procs.start(state, "moto", [str(moto), "-H", "127.0.0.1", "-p", str(port)])
-        try:
-            procs.poll(lambda: procs.port_open("127.0.0.1", port), 30, "moto server")
-            yield _seed(state, port)
-        finally:
-            procs.stop(state, "moto")
-
-
-def _seed(state: Path, port: int) -> Embargo:
-    settings = Settings(
-        state_dir=state,
-        s3_endpoint_url=f"http://127.0.0.1:{port}",
-        s3_bucket="embargo-butler-steps",
-        embargo_butler=str(state / "butler" / "embargo"),
-        main_butler=str(state / "butler" / "main"),
-        dest_root=state / "dest" / "raw",
-    )
-    ensure_repos(settings)
+def embargo(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Embargo:
+    """A bucket and embargo repo of this module's own, four seeded exposures and one zip."""
+    settings = module_settings
     science = seed_exposure(settings, DAY, 3, guiders_as=GUIDER_RAW)
     return Embargo(
         settings=settings,
@@ -147,12 +123,13 @@ def _seed(state: Path, port: int) -> Embargo:
         dark=seed_exposure(settings, DAY, 2, observation_type="dark", detectors=FEW),
         science=science,
         off_tract=seed_exposure(settings, DAY, 4, on_tract=False, detectors=FEW),
-        zip_path=_make_zip(settings, science, state / "zips" / "raw"),
+        zip_path=_make_zip(settings, science, tmp_path_factory.mktemp("zips") / "raw"),
     )
 
 
 def _make_zip(settings: Settings, exp: SeededExposure, where: Path) -> Path:
     """The exposure's zip, made by the zip step itself under its own destination root."""
+    where.mkdir(parents=True)  # "mounted": the step refuses a missing destination root
     zips = settings.model_copy(
         update={
             "dest_root": where,
@@ -177,6 +154,7 @@ def steps(embargo: Embargo, tmp_path: Path) -> Steps:
         }
     )
     Butler.makeRepo(settings.main_butler)
+    settings.dest_root.mkdir(parents=True)  # "mounted"
     resources = Resources(settings)
     exp = _exposure(embargo.science)
     zip_final = resources.dest_path(names.zip_relpath(INSTRUMENT, exp.day_obs, exp.obs_id))

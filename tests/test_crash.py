@@ -11,16 +11,16 @@ import signal
 from pathlib import Path
 
 from sqlmodel import Session
-from support import WorkerProcess, effects, fresh_day, poll_until
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from verify import check_unembargoed
 
+from support import WorkerProcess, effects, fresh_day, poll_until
 from unembargo.client.starter import start_exposures
 from unembargo.devstack.seed import seed_exposure
 from unembargo.models.exposure import Exposure, Policy
 from unembargo.models.names import STEPS
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect, step_queues
+from verify import check_unembargoed
 
 POINTS = [f"{step}:{point}" for step in STEPS for point in ("acting", "acted")]
 # Short heartbeats so a killed activity is retried within seconds.

@@ -6,12 +6,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from support import WorkerProcess, effects, fresh_day
-from verify import check_unembargoed
 
+from support import WorkerProcess, effects, fresh_day
 from unembargo.client.run import StartRequest, run_start
 from unembargo.devstack.seed import seed_exposure
 from unembargo.models.settings import Settings
+from verify import check_unembargoed
 
 # Test days lie in 2000-2019; look back far enough for all of them.
 EVERYTHING = timedelta(days=365 * 30)

@@ -1,7 +1,7 @@
 """Steps 4 (register) and 5 (tag) against the test stack's real Rucio server: no mocks.
 
 The module gets its own scope, deterministic RSE, destination dir (<tmp>/<scope>, so
-PFN = dest_root/name) and ledger database (conftest's ``isolated``), so runs never see
+PFN = dest_root/name) and ledger database (conftest's ``module_settings``), so runs never see
 each other's DIDs (Rucio cannot delete DIDs). Each test uses its own day_obs, hence its
 own Tract, NoTract and Obs datasets.
 """
@@ -72,14 +72,8 @@ class Case:
 
 
 @pytest.fixture(scope="module")
-def rucio_settings(isolated: Callable[[str], Settings]) -> Settings:
-    """A scope, RSE, destination and ledger of this module's own."""
-    return isolated("rucio-steps")
-
-
-@pytest.fixture(scope="module")
-def resources(rucio_settings: Settings) -> Resources:
-    return Resources(rucio_settings)
+def resources(module_settings: Settings) -> Resources:
+    return Resources(module_settings)
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +82,14 @@ def acts(resources: Resources) -> RucioActivities:
 
 
 @pytest.fixture
-def case(rucio_settings: Settings) -> Case:
+def case(module_settings: Settings) -> Case:
     """A new exposure on a day of its own, with a small fake zip and yaml at the destination."""
     day_obs = int((date(2025, 1, 1) + timedelta(days=next(_days))).strftime("%Y%m%d"))
     seq = secrets.randbelow(10**5)
     exposure = Exposure(INSTRUMENT, day_obs, f"MC_O_{day_obs}_{seq:06d}", day_obs * 100000 + seq)
     key = (exposure.instrument, exposure.day_obs, exposure.obs_id)
-    zip_file = write(rucio_settings, names.zip_relpath(*key), secrets.token_bytes(3000))
-    yaml_file = write(rucio_settings, names.yaml_relpath(*key), f"obs_id: {exposure.obs_id}\n".encode())
+    zip_file = write(module_settings, names.zip_relpath(*key), secrets.token_bytes(3000))
+    yaml_file = write(module_settings, names.yaml_relpath(*key), f"obs_id: {exposure.obs_id}\n".encode())
     return Case(exposure, zip_file, yaml_file)
 
 
@@ -133,13 +127,13 @@ def is_open(rucio: Client, scope: str, dataset: str) -> bool:
 
 
 def test_register_then_verify_independently(
-    acts: RucioActivities, resources: Resources, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
     got = run(acts.register_in_rucio, case.register([9813, 9814]))
 
     datasets = [case.tract(9813), case.tract(9814), case.obs]
     assert (got.files, got.datasets, got.already_done) == (2, datasets, False)
-    scope, rse = rucio_settings.rucio_scope, rucio_settings.rucio_rse
+    scope, rse = module_settings.rucio_scope, module_settings.rucio_rse
     listed = rucio.list_replicas(
         [{"scope": scope, "name": n} for n in case.files], schemes=["file"], all_states=True
     )
@@ -149,7 +143,7 @@ def test_register_then_verify_independently(
         assert (rep["bytes"], rep["adler32"], rep["md5"]) == (want.size, want.adler32, want.md5)
         assert rep["states"] == {rse: "AVAILABLE"}
         [pfn] = rep["rses"][rse]
-        assert Path(urlsplit(pfn).path) == rucio_settings.dest_root.resolve() / want.relpath
+        assert Path(urlsplit(pfn).path) == module_settings.dest_root.resolve() / want.relpath
     for dataset in datasets:
         assert content(rucio, scope, dataset) == set(case.files)
     assert is_open(rucio, scope, case.obs)
@@ -175,22 +169,22 @@ def test_second_register_is_already_done_without_writes(
 
 
 def test_no_tract_goes_to_the_notract_dataset(
-    acts: RucioActivities, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
     got = run(acts.register_in_rucio, case.register([]))
 
     assert got.datasets == [case.tract(None), case.obs]
     assert case.tract(None).endswith(f"/raw/{names.NO_TRACT}/{case.exposure.day_obs}")
     for dataset in got.datasets:
-        assert content(rucio, rucio_settings.rucio_scope, dataset) == set(case.files)
+        assert content(rucio, module_settings.rucio_scope, dataset) == set(case.files)
 
 
 def test_existing_replica_with_other_checksums_is_a_conflict(
-    acts: RucioActivities, resources: Resources, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
-    scope = rucio_settings.rucio_scope
+    scope = module_settings.rucio_scope
     stale = {"scope": scope, "name": case.zip.relpath, "bytes": case.zip.size, "adler32": "0badc0de"}
-    rucio.add_replicas(rucio_settings.rucio_rse, [stale])
+    rucio.add_replicas(module_settings.rucio_rse, [stale])
 
     with pytest.raises(ReplicaConflict, match="adler32=0badc0de"):
         run(acts.register_in_rucio, case.register([5]))
@@ -203,12 +197,12 @@ def test_existing_replica_with_other_checksums_is_a_conflict(
 
 
 def test_register_resumes_after_replicas_were_added(
-    acts: RucioActivities, resources: Resources, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
     """A crash after add_replicas, with one Tract dataset made by another exposure."""
-    scope = rucio_settings.rucio_scope
+    scope = module_settings.rucio_scope
     rucio.add_replicas(
-        rucio_settings.rucio_rse,
+        module_settings.rucio_rse,
         [
             {"scope": scope, "name": f.relpath, "bytes": f.size, "adler32": f.adler32, "md5": f.md5}
             for f in (case.zip, case.yaml)
@@ -228,9 +222,9 @@ def test_register_resumes_after_replicas_were_added(
 
 
 def test_closed_obs_dataset_missing_files_is_a_conflict(
-    acts: RucioActivities, resources: Resources, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
-    scope = rucio_settings.rucio_scope
+    scope = module_settings.rucio_scope
     rucio.add_dataset(scope, case.obs)
     rucio.close(scope, case.obs)
 
@@ -242,20 +236,20 @@ def test_closed_obs_dataset_missing_files_is_a_conflict(
 
 
 def test_file_missing_at_the_destination_is_not_registered(
-    acts: RucioActivities, resources: Resources, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
-    (rucio_settings.dest_root / case.yaml.relpath).unlink()
+    (module_settings.dest_root / case.yaml.relpath).unlink()
 
     with pytest.raises(DestinationConflict, match="is missing"):
         run(acts.register_in_rucio, case.register([8]))
 
     assert effects(resources, case.exposure.obs_id) == {}
-    scope = rucio_settings.rucio_scope
+    scope = module_settings.rucio_scope
     assert list(rucio.list_replicas([{"scope": scope, "name": n} for n in case.files])) == []
 
 
 def test_tag_closes_and_sets_backup_metadata(
-    acts: RucioActivities, resources: Resources, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
     run(acts.register_in_rucio, case.register([11]))
 
@@ -263,7 +257,7 @@ def test_tag_closes_and_sets_backup_metadata(
 
     assert (got.dataset, got.already_done) == (case.obs, False)
     assert got.metadata == f"{names.BACKUP_KEY}={names.BACKUP_VALUE}"
-    scope = rucio_settings.rucio_scope
+    scope = module_settings.rucio_scope
     assert backup_value(rucio, scope, case.obs) == names.BACKUP_VALUE
     assert not is_open(rucio, scope, case.obs)
     assert content(rucio, scope, case.obs) == set(case.files)
@@ -287,37 +281,37 @@ def test_second_tag_is_already_done_without_writes(
 
 
 def test_tag_resumes_after_a_crash_between_close_and_metadata(
-    acts: RucioActivities, resources: Resources, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
     run(acts.register_in_rucio, case.register([13]))
-    rucio.close(rucio_settings.rucio_scope, case.obs)
+    rucio.close(module_settings.rucio_scope, case.obs)
 
     got = run(acts.tag_obs_dataset, case.step)
 
     assert not got.already_done
-    assert backup_value(rucio, rucio_settings.rucio_scope, case.obs) == names.BACKUP_VALUE
+    assert backup_value(rucio, module_settings.rucio_scope, case.obs) == names.BACKUP_VALUE
     done = effects(resources, case.exposure.obs_id)
     assert (done[("tag", "close")], done[("tag", "set_metadata")]) == (0, 1)
 
 
 def test_tag_before_register_is_refused_without_writes(
-    acts: RucioActivities, resources: Resources, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
     with pytest.raises(ReplicaConflict, match="does not exist"):
         run(acts.tag_obs_dataset, case.step)
     with pytest.raises(DataIdentifierNotFound):
-        rucio.get_did(rucio_settings.rucio_scope, case.obs)
+        rucio.get_did(module_settings.rucio_scope, case.obs)
     assert effects(resources, case.exposure.obs_id) == {}
 
 
 def test_tag_of_a_half_registered_obs_dataset_leaves_it_open(
-    acts: RucioActivities, resources: Resources, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
     """Closing it would lock the missing yaml out for ever."""
-    scope = rucio_settings.rucio_scope
+    scope = module_settings.rucio_scope
     f = case.zip
     rucio.add_replicas(
-        rucio_settings.rucio_rse,
+        module_settings.rucio_rse,
         [{"scope": scope, "name": f.relpath, "bytes": f.size, "adler32": f.adler32, "md5": f.md5}],
     )
     rucio.add_dataset(scope, case.obs)
@@ -336,10 +330,10 @@ def test_tag_of_a_half_registered_obs_dataset_leaves_it_open(
 
 
 def test_tag_leaves_another_backup_value_alone(
-    acts: RucioActivities, rucio: Client, rucio_settings: Settings, case: Case
+    acts: RucioActivities, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
     run(acts.register_in_rucio, case.register([15]))
-    scope = rucio_settings.rucio_scope
+    scope = module_settings.rucio_scope
     rucio.set_metadata(scope, case.obs, names.BACKUP_KEY, "SLAC_RAW_DISK_BKUP:done")
 
     with pytest.raises(ReplicaConflict, match="left as it is"):
@@ -414,8 +408,8 @@ def _close(conn: socket.socket) -> None:
 
 
 @pytest.fixture
-def relay(rucio_settings: Settings) -> Iterator[Relay]:
-    relay = Relay(host_port(rucio_settings.rucio_host))
+def relay(module_settings: Settings) -> Iterator[Relay]:
+    relay = Relay(host_port(module_settings.rucio_host))
     relay.restore()
     yield relay
     if relay._server is not None:
@@ -423,10 +417,10 @@ def relay(rucio_settings: Settings) -> Iterator[Relay]:
 
 
 def test_outage_is_an_ordinary_error_and_the_retry_completes(
-    rucio_settings: Settings, relay: Relay, rucio: Client, case: Case
+    module_settings: Settings, relay: Relay, rucio: Client, case: Case
 ) -> None:
     """Connection refused propagates (Temporal retries it) fast; after the outage all is done."""
-    resources = Resources(rucio_settings.model_copy(update={"rucio_host": relay.url}))
+    resources = Resources(module_settings.model_copy(update={"rucio_host": relay.url}))
     acts = RucioActivities(resources)
     resources.rucio()  # authenticated while the server is reachable
     relay.cut()
@@ -440,4 +434,4 @@ def test_outage_is_an_ordinary_error_and_the_retry_completes(
 
     relay.restore()
     assert not run(acts.register_in_rucio, case.register([21])).already_done
-    assert content(rucio, rucio_settings.rucio_scope, case.obs) == set(case.files)
+    assert content(rucio, module_settings.rucio_scope, case.obs) == set(case.files)

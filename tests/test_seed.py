@@ -1,16 +1,15 @@
 """The seeded embargo bucket and butler answer the questions the workflows will ask.
 
-Real S3 (a moto server on loopback) and real butler repos; nothing is mocked.
+Real S3 (the test stack's) and real butler repos; nothing is mocked. The module seeds
+a bucket and repos of its own: its window queries expect exactly its exposures.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import boto3
 import pytest
@@ -18,7 +17,7 @@ from astropy.io import fits
 from astropy.time import Time
 from lsst.daf.butler import Butler, ButlerConfig, FileDescriptor, Location
 
-from unembargo.devstack import lsstcam, procs, skymap
+from unembargo.devstack import lsstcam, skymap
 from unembargo.devstack.butler_repos import GUIDER_RAW, GUIDER_RUN, RAW, RAW_RUN, ensure_repos
 from unembargo.devstack.formatter import SyntheticRawFormatter
 from unembargo.devstack.seed import SeededExposure, SeedReport, seed, seed_exposure
@@ -46,50 +45,19 @@ class Seeded:
         return [*self.report.exposures, self.no_tract, self.incomplete, self.guider_odd]
 
 
-def _settings(state: Path, port: int) -> Settings:
-    return Settings(
-        state_dir=state,
-        s3_endpoint_url=f"http://127.0.0.1:{port}",
-        s3_bucket="embargo-test",
-        embargo_butler=str(state / "butler" / "embargo"),
-        main_butler=str(state / "butler" / "main"),
-        dest_root=state / "dest" / "raw",
-    )
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A private moto server and settings pointing at it, with a dummy AWS identity."""
-    state = tmp_path_factory.mktemp("seed-stack")
-    port = procs.free_port()
-    with pytest.MonkeyPatch.context() as env:
-        # Before any S3 call: boto3 and lsst-resources read these once per client.
-        env.setenv("AWS_ACCESS_KEY_ID", "dummy")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "dummy")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(state / "no-credentials"))
-        env.setenv("AWS_CONFIG_FILE", str(state / "no-config"))
-        env.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        moto = Path(sys.executable).parent / "moto_server"
-        procs.start(state, "moto", [str(moto), "-H", "127.0.0.1", "-p", str(port)])
-        try:
-            procs.poll(lambda: procs.port_open("127.0.0.1", port), 30, "moto server")
-            yield _settings(state, port)
-        finally:
-            procs.stop(state, "moto")
-
-
-@pytest.fixture(scope="module")
-def seeded(stack: Settings) -> Seeded:
-    report = seed(stack, DAYS, PER_DAY, now=NOW)
-    ensure_repos(stack)
+def seeded(module_settings: Settings) -> Seeded:
+    """A bucket and repos of this module's own, seeded with the exposures the tests ask about."""
+    settings = module_settings
+    report = seed(settings, DAYS, PER_DAY, now=NOW)
+    ensure_repos(settings)
     return Seeded(
-        settings=stack,
+        settings=settings,
         report=report,
-        no_tract=seed_exposure(stack, 20251228, 40, on_tract=False),
-        incomplete=seed_exposure(stack, 20251228, 41, detectors=set(range(205)) - DROPPED),
+        no_tract=seed_exposure(settings, 20251228, 40, on_tract=False),
+        incomplete=seed_exposure(settings, 20251228, 41, detectors=set(range(205)) - DROPPED),
         guider_odd=seed_exposure(
-            stack, 20251228, 42, guiders_as=GUIDER_RAW, extra_objects=ODD_NAMES, file_size=16 * 1024
+            settings, 20251228, 42, guiders_as=GUIDER_RAW, extra_objects=ODD_NAMES, file_size=16 * 1024
         ),
     )
 

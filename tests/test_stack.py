@@ -8,18 +8,19 @@ import sys
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import boto3
 import psycopg
+import pytest
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from unembargo.devstack import postgres, procs
-from unembargo.models.settings import Settings, host_port
-
 from support import STACK_DIR, settings_env
+from unembargo.devstack import postgres, procs, stack
+from unembargo.models.settings import Settings, host_port
 
 
 @dataclass
@@ -64,6 +65,10 @@ def test_postgresql_answers(stack_up: Settings) -> None:
     assert version is not None and version[0]
 
 
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "unembargo.cli.app", "dev", *args],
@@ -74,7 +79,9 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_up_is_idempotent_and_down_leaves_nothing(stack_up: Settings, tmp_path: Path) -> None:
+def test_up_is_idempotent_and_down_leaves_nothing(
+    stack_up: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A whole second stack on free ports: up, up again (no change), status, down."""
     rucio_venv = STACK_DIR / "rucio" / "venv"
     (tmp_path / "state" / "rucio").mkdir(parents=True)
@@ -93,6 +100,8 @@ def test_up_is_idempotent_and_down_leaves_nothing(stack_up: Settings, tmp_path: 
         workflow_task_queue=f"wf-{uuid.uuid4().hex[:8]}",
     )
     env = settings_env(own)
+    # Whatever fails below, this stack must not outlive the test (a no-op after `dev down`).
+    request.addfinalizer(partial(stack.down, own))
     first = _cli(env, "up")
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.count("started") == 4, first.stdout  # s3, temporal, rucio, worker
@@ -110,7 +119,10 @@ def test_up_is_idempotent_and_down_leaves_nothing(stack_up: Settings, tmp_path: 
     down = _cli(env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     for rec in pids:
-        assert rec is not None and not Path(f"/proc/{rec.pid}").exists(), rec
+        assert rec is not None
+        # `down` did not start them, so it cannot reap them: each stays a zombie until init
+        # does (about a second here). Gone within seconds, or it was not stopped.
+        assert procs.poll(partial(_gone, rec.pid), 10, raise_on_timeout=False), rec
     for url in (own.temporal_address, own.temporal_ui_url, own.s3_endpoint_url, own.rucio_host):
         assert url is not None
         assert not procs.port_open(*host_port(url)), f"{url} still listening"

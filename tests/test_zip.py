@@ -1,8 +1,8 @@
-"""The zip step against a real S3 endpoint (moto's server) and real butler repos.
+"""The zip step against the test stack's real S3 endpoint and real butler repos.
 
-The module runs its own moto server on a free loopback port (only S3 and the
-butler are needed, not the whole stack) and seeds exposures with the dev stack's
-seeder. Each test uses its own exposure (its own seq_num), so tests are independent.
+The module has a bucket, repos, destination and ledger of its own and seeds
+exposures with the dev stack's seeder. Each test uses its own exposure (its own
+seq_num), so tests are independent.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import threading
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,8 +29,8 @@ from unembargo.activities.context import Resources
 from unembargo.activities.headers import METADATA_INDEX, raw_metadata
 from unembargo.activities.s3 import S3Object, SourceChanged, list_folder, read_verified
 from unembargo.activities.zip import BUTLER_INDEX, Folder, Member, ZipActivities, in_order, member_name
-from unembargo.devstack import lsstcam, procs, s3
-from unembargo.devstack.butler_repos import GUIDER_RAW, ensure_repos
+from unembargo.devstack import lsstcam
+from unembargo.devstack.butler_repos import GUIDER_RAW
 from unembargo.devstack.lsstcam import DETECTORS, INSTRUMENT
 from unembargo.devstack.seed import SeededExposure, plan_exposure, raw_file, seed_exposure
 from unembargo.models import names
@@ -52,37 +50,8 @@ ODD_OBJECTS = {"notes/run log (1).txt": b"shutter ok\n", "ünïcødé ✓ name.j
 
 
 @pytest.fixture(scope="module")
-def zip_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A private moto server, bucket, embargo repo and destination for this module."""
-    root = tmp_path_factory.mktemp("zip")
-    port = procs.free_port()
-    url = f"http://127.0.0.1:{port}"
-    settings = Settings(
-        state_dir=root / "state",
-        s3_endpoint_url=url,
-        s3_bucket="embargo-zip",
-        embargo_butler=str(root / "butler" / "embargo"),
-        main_butler=str(root / "butler" / "main"),
-        dest_root=root / "dest" / "raw",
-        database_url=f"sqlite:///{root / 'unembargo.db'}",
-    )
-    moto = str(Path(sys.executable).parent / "moto_server")
-    procs.start(settings.state_dir, "moto", [moto, "-H", "127.0.0.1", "-p", str(port)])
-    env = pytest.MonkeyPatch()
-    try:
-        for key, value in {**s3.LOCAL_ENV, "S3_ENDPOINT_URL": url}.items():
-            env.setenv(key, value)
-        procs.poll(lambda: s3.health(settings)[0], 30, "the module's moto server")
-        ensure_repos(settings)
-        yield settings
-    finally:
-        env.undo()
-        procs.stop(settings.state_dir, "moto")
-
-
-@pytest.fixture(scope="module")
-def resources(zip_settings: Settings) -> Resources:
-    return Resources(zip_settings)
+def resources(module_settings: Settings) -> Resources:
+    return Resources(module_settings)
 
 
 def _exposure(seeded: SeededExposure) -> Exposure:
@@ -132,10 +101,10 @@ class Zipped:
 
 
 @pytest.fixture(scope="module")
-def zipped(zip_settings: Settings, resources: Resources) -> Zipped:
+def zipped(module_settings: Settings, resources: Resources) -> Zipped:
     """A complete exposure (guiders as guider_raw, odd extra keys) zipped once."""
     seeded = seed_exposure(
-        zip_settings,
+        module_settings,
         DAY_OBS,
         10,
         guiders_as=GUIDER_RAW,
@@ -143,7 +112,7 @@ def zipped(zip_settings: Settings, resources: Resources) -> Zipped:
         file_size=FILE_SIZE,
     )
     exposure = _exposure(seeded)
-    final = _final(zip_settings, exposure)
+    final = _final(module_settings, exposure)
     final.parent.mkdir(parents=True, exist_ok=True)
     stale = final.with_name(f".{final.name}.deadbeef0000.partial")
     stale.write_bytes(b"left by a crashed attempt")
@@ -155,8 +124,8 @@ def zipped(zip_settings: Settings, resources: Resources) -> Zipped:
 # ---------------------------------------------------------------- happy path
 
 
-def test_zip_matches_listing(resources: Resources, zip_settings: Settings, zipped: Zipped) -> None:
-    listing = _listing(zip_settings, zipped.seeded)
+def test_zip_matches_listing(resources: Resources, module_settings: Settings, zipped: Zipped) -> None:
+    listing = _listing(module_settings, zipped.seeded)
     with zipfile.ZipFile(zipped.final) as zf:
         infos = {info.filename: info for info in zf.infolist()}
         assert set(infos) == set(listing) | {BUTLER_INDEX, METADATA_INDEX}
@@ -222,7 +191,7 @@ def test_ingest_zip_into_empty_repo(zipped: Zipped, tmp_path: Path) -> None:
     assert [record.obs_id for record in exposures] == [zipped.exposure.obs_id]
 
 
-def test_second_call_is_already_done(resources: Resources, zip_settings: Settings, zipped: Zipped) -> None:
+def test_second_call_is_already_done(resources: Resources, module_settings: Settings, zipped: Zipped) -> None:
     before = zipped.final.stat()
     again = _run(resources, zipped.exposure)
     after = zipped.final.stat()
@@ -237,10 +206,10 @@ def test_second_call_is_already_done(resources: Resources, zip_settings: Setting
 
 
 def test_zip_stays_done_when_the_embargo_copy_is_gone(
-    zip_settings: Settings, zipped: Zipped, tmp_path: Path
+    module_settings: Settings, zipped: Zipped, tmp_path: Path
 ) -> None:
     """With an empty folder the zip is judged on its own: CRCs, indexes, the right exposure."""
-    purged = zip_settings.model_copy(update={"s3_prefix": "purged/", "dest_root": tmp_path / "raw"})
+    purged = module_settings.model_copy(update={"s3_prefix": "purged/", "dest_root": tmp_path / "raw"})
     resources = Resources(purged)
     final = _final(purged, zipped.exposure)
     final.parent.mkdir(parents=True)
@@ -261,11 +230,12 @@ def test_zip_stays_done_when_the_embargo_copy_is_gone(
 
 @pytest.mark.parametrize("kind", ["garbage", "other zip"])
 def test_existing_zip_with_other_content_is_a_conflict(
-    resources: Resources, zip_settings: Settings, zipped: Zipped, kind: str
+    resources: Resources, module_settings: Settings, zipped: Zipped, kind: str
 ) -> None:
     seq = {"garbage": 11, "other zip": 12}[kind]
-    exposure = _exposure(seed_exposure(zip_settings, DAY_OBS, seq, detectors=[0, 1, 2], file_size=FILE_SIZE))
-    final = _final(zip_settings, exposure)
+    seeded = seed_exposure(module_settings, DAY_OBS, seq, detectors=[0, 1, 2], file_size=FILE_SIZE)
+    exposure = _exposure(seeded)
+    final = _final(module_settings, exposure)
     final.parent.mkdir(parents=True, exist_ok=True)
     content = b"not a zip at all" if kind == "garbage" else zipped.final.read_bytes()
     final.write_bytes(content)
@@ -277,26 +247,26 @@ def test_existing_zip_with_other_content_is_a_conflict(
     assert _leftovers(final) == [final.name]
 
 
-def test_incomplete_exposure_is_not_zipped(resources: Resources, zip_settings: Settings) -> None:
-    exposure = _exposure(seed_exposure(zip_settings, DAY_OBS, 13, detectors=range(5), file_size=FILE_SIZE))
+def test_incomplete_exposure_is_not_zipped(resources: Resources, module_settings: Settings) -> None:
+    exposure = _exposure(seed_exposure(module_settings, DAY_OBS, 13, detectors=range(5), file_size=FILE_SIZE))
     with pytest.raises(IncompleteExposure, match="found 5 of 205") as err:
         _run(resources, exposure)
     assert "R01_S12" in str(err.value)
-    assert _leftovers(_final(zip_settings, exposure)) == []
+    assert _leftovers(_final(module_settings, exposure)) == []
 
 
-def test_expected_sensors_missing_or_malformed(resources: Resources, zip_settings: Settings) -> None:
-    seeded = seed_exposure(zip_settings, DAY_OBS, 14, detectors=[0], file_size=FILE_SIZE)
+def test_expected_sensors_missing_or_malformed(resources: Resources, module_settings: Settings) -> None:
+    seeded = seed_exposure(module_settings, DAY_OBS, 14, detectors=[0], file_size=FILE_SIZE)
     exposure = _exposure(seeded)
-    client = boto3.client("s3", endpoint_url=zip_settings.s3_endpoint_url)
+    client = boto3.client("s3", endpoint_url=module_settings.s3_endpoint_url)
     key = seeded.prefix + names.expected_sensors_name(seeded.obs_id)
-    client.delete_object(Bucket=zip_settings.s3_bucket, Key=key)
+    client.delete_object(Bucket=module_settings.s3_bucket, Key=key)
     with pytest.raises(IncompleteExposure, match="may still arrive"):
         _run(resources, exposure)
-    client.put_object(Bucket=zip_settings.s3_bucket, Key=key, Body=b"[not json")
+    client.put_object(Bucket=module_settings.s3_bucket, Key=key, Body=b"[not json")
     with pytest.raises(SourceMismatch, match="not an expectedSensors file"):
         _run(resources, exposure)
-    assert _leftovers(_final(zip_settings, exposure)) == []
+    assert _leftovers(_final(module_settings, exposure)) == []
 
 
 # Keys whose relative part could escape the folder or clash with an index, by seq_num.
@@ -312,25 +282,25 @@ UNSAFE_KEYS = {
 
 @pytest.mark.parametrize(("seq", "name"), sorted(UNSAFE_KEYS.items()))
 def test_unsafe_key_refuses_the_exposure(
-    resources: Resources, zip_settings: Settings, seq: int, name: str
+    resources: Resources, module_settings: Settings, seq: int, name: str
 ) -> None:
-    seeded = seed_exposure(zip_settings, DAY_OBS, seq, detectors=[0], file_size=FILE_SIZE)
-    client = boto3.client("s3", endpoint_url=zip_settings.s3_endpoint_url)
-    client.put_object(Bucket=zip_settings.s3_bucket, Key=seeded.prefix + name, Body=b"x")
+    seeded = seed_exposure(module_settings, DAY_OBS, seq, detectors=[0], file_size=FILE_SIZE)
+    client = boto3.client("s3", endpoint_url=module_settings.s3_endpoint_url)
+    client.put_object(Bucket=module_settings.s3_bucket, Key=seeded.prefix + name, Body=b"x")
     with pytest.raises(UnsafeKey, match="nothing was written"):
         _run(resources, _exposure(seeded))
-    assert _leftovers(_final(zip_settings, _exposure(seeded))) == []
+    assert _leftovers(_final(module_settings, _exposure(seeded))) == []
 
 
-def test_truncated_object_is_named(resources: Resources, zip_settings: Settings) -> None:
-    seeded = seed_exposure(zip_settings, DAY_OBS, 16, detectors=[0, 1], file_size=FILE_SIZE)
-    client = boto3.client("s3", endpoint_url=zip_settings.s3_endpoint_url)
+def test_truncated_object_is_named(resources: Resources, module_settings: Settings) -> None:
+    seeded = seed_exposure(module_settings, DAY_OBS, 16, detectors=[0, 1], file_size=FILE_SIZE)
+    client = boto3.client("s3", endpoint_url=module_settings.s3_endpoint_url)
     key = f"{seeded.prefix}{seeded.obs_id}_{DETECTORS[1].full_name}.fits"
-    whole = client.get_object(Bucket=zip_settings.s3_bucket, Key=key)["Body"].read()
-    client.put_object(Bucket=zip_settings.s3_bucket, Key=key, Body=whole[:4096])
+    whole = client.get_object(Bucket=module_settings.s3_bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=module_settings.s3_bucket, Key=key, Body=whole[:4096])
     with pytest.raises(SourceMismatch, match=rf"{DETECTORS[1].full_name}\.fits is 4096 bytes in the bucket"):
         _run(resources, _exposure(seeded))
-    assert _leftovers(_final(zip_settings, _exposure(seeded))) == []
+    assert _leftovers(_final(module_settings, _exposure(seeded))) == []
 
 
 # ---------------------------------------------------------------- pieces
@@ -355,16 +325,16 @@ def test_member_names() -> None:
         member_name(folder, "elsewhere/x")
 
 
-def test_reads_are_checked_against_the_listing(zip_settings: Settings, zipped: Zipped) -> None:
-    client = boto3.client("s3", endpoint_url=zip_settings.s3_endpoint_url)
-    obj = _listing(zip_settings, zipped.seeded)[names.expected_sensors_name(zipped.exposure.obs_id)]
-    assert hashlib.md5(read_verified(client, zip_settings.s3_bucket, obj)).hexdigest() == obj.etag
+def test_reads_are_checked_against_the_listing(module_settings: Settings, zipped: Zipped) -> None:
+    client = boto3.client("s3", endpoint_url=module_settings.s3_endpoint_url)
+    obj = _listing(module_settings, zipped.seeded)[names.expected_sensors_name(zipped.exposure.obs_id)]
+    assert hashlib.md5(read_verified(client, module_settings.s3_bucket, obj)).hexdigest() == obj.etag
     # Replaced since listed (the ETag no longer matches): transient, retried with a new listing.
     with pytest.raises(SourceChanged):
-        read_verified(client, zip_settings.s3_bucket, replace(obj, etag="0" * 32))
+        read_verified(client, module_settings.s3_bucket, replace(obj, etag="0" * 32))
     # Same object, but the listing's size disagrees on every read: the source is bad.
     with pytest.raises(SourceMismatch, match="reads back as"):
-        read_verified(client, zip_settings.s3_bucket, replace(obj, size=obj.size + 1))
+        read_verified(client, module_settings.s3_bucket, replace(obj, size=obj.size + 1))
 
 
 @pytest.mark.parametrize(("window", "window_bytes", "ahead"), [(6, 10_000, 6), (6, 40, 4)])

@@ -1,8 +1,9 @@
-"""A worker process: the exposure workflow plus the activities of some locations.
+"""A worker process: the workflows plus the activities of some locations.
 
 Each location has its own task queue; a worker serves the queues of the locations
 whose storage or service it can reach (several workers, on several machines, may
-serve one location). Which activities a location runs follows from its kind.
+serve one location). Which activities a location runs follows from its kind; the
+schedule's selection runs where zip runs (names.SELECT_LOCATION_KIND).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from temporalio.worker import Worker
 from unembargo.activities.butler import ButlerActivities
 from unembargo.activities.context import Resources
 from unembargo.activities.rucio import RucioActivities
+from unembargo.activities.temporal import StartingActivities
 from unembargo.activities.zip import ZipActivities
-from unembargo.models.names import STEP_LOCATION_KIND, location_queue
+from unembargo.models.names import SELECT_LOCATION_KIND, STEP_LOCATION_KIND, location_queue
 from unembargo.models.settings import Settings
 from unembargo.models.tables import get_location
+from unembargo.workers.observe import ActivityObserver
 from unembargo.workflows.exposure import ExposureWorkflow
+from unembargo.workflows.select import SelectAndStartWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +64,24 @@ def build_workers(
     """One Worker per task queue: the workflow queue and each location's queue."""
     resources = Resources(settings)
     activities = step_activities(resources)
+    selection = StartingActivities(resources, client).select_and_start
     # Sync activities (butler, boto3, rucio are blocking libraries) run in threads.
     executor = ThreadPoolExecutor(max_workers=max_concurrent_activities * max(1, len(locations)))
     workers = []
     with Session(resources.engine) as session:
         kinds = {name: get_location(session, name).kind for name in locations}
     for name, kind in kinds.items():
+        served = [activities[step] for step in KIND_STEPS.get(kind, [])]
+        if kind == SELECT_LOCATION_KIND:
+            served.append(selection)
         workers.append(
             Worker(
                 client,
                 task_queue=location_queue(name),
-                activities=[activities[step] for step in KIND_STEPS.get(kind, [])],
+                activities=served,
                 activity_executor=executor,
                 max_concurrent_activities=max_concurrent_activities,
+                interceptors=[ActivityObserver()],
             )
         )
     if serve_workflows:
@@ -80,7 +89,7 @@ def build_workers(
             Worker(
                 client,
                 task_queue=settings.workflow_task_queue,
-                workflows=[ExposureWorkflow],
+                workflows=[ExposureWorkflow, SelectAndStartWorkflow],
                 # A killed worker's workflows move to a live one after 2 s, not 10 s.
                 sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
             )

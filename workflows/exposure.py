@@ -7,19 +7,24 @@ step that is not done and never repeats a side effect.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from opentelemetry import trace
+
     from unembargo.models import names
     from unembargo.models.errors import NON_RETRYABLE, RERUN
     from unembargo.models.exposure import (
         ExportReceipt,
+        Exposure,
         ExposureInput,
         ExposureState,
         IngestInput,
@@ -31,6 +36,8 @@ with workflow.unsafe.imports_passed_through():
         TagReceipt,
         ZipReceipt,
     )
+
+T = TypeVar("T")
 
 SA_INSTRUMENT = SearchAttributeKey.for_keyword(names.SA_INSTRUMENT)
 SA_DAY_OBS = SearchAttributeKey.for_int(names.SA_DAY_OBS)
@@ -56,6 +63,10 @@ STEP_TIMEOUT = {
     "tag": timedelta(minutes=5),
 }
 
+# Patch ids (workflow.patched): runs recorded before a change replay without it.
+# Marks the `step` search attribute "waiting" while an incomplete exposure waits.
+WAITING_STEP_PATCH = "step-waiting"
+
 
 @workflow.defn(name=names.EXPOSURE_WORKFLOW)
 class ExposureWorkflow:
@@ -80,18 +91,17 @@ class ExposureWorkflow:
                 SA_OBS_ID.value_set(exp.obs_id),
             ]
         )
-        zipped = await self._zip_when_complete(inp)
-        exported = await self._step(inp, "export", StepInput(exp), ExportReceipt)
-        await self._step(inp, "ingest", IngestInput(exp, zipped.file), IngestReceipt)
-        await self._step(
-            inp,
-            "register",
-            RegisterInput(exp, zipped.file, exported.file, exported.tracts),
-            RegisterReceipt,
-        )
-        await self._step(inp, "tag", StepInput(exp), TagReceipt)
+        with _span("exposure", exp, workflow_id=workflow.info().workflow_id):
+            zipped = await _traced(exp, "zip", self._zip_when_complete(inp))
+            exported = await _traced(exp, "export", self._step(inp, "export", StepInput(exp), ExportReceipt))
+            await _traced(
+                exp, "ingest", self._step(inp, "ingest", IngestInput(exp, zipped.file), IngestReceipt)
+            )
+            register = RegisterInput(exp, zipped.file, exported.file, exported.tracts)
+            await _traced(exp, "register", self._step(inp, "register", register, RegisterReceipt))
+            await _traced(exp, "tag", self._step(inp, "tag", StepInput(exp), TagReceipt))
         self._state.current = None
-        workflow.upsert_search_attributes([SA_STEP.value_set("done")])
+        workflow.upsert_search_attributes([SA_STEP.value_set(names.STEP_DONE)])
         return self._state
 
     async def _zip_when_complete(self, inp: ExposureInput) -> ZipReceipt:
@@ -117,7 +127,14 @@ class ExposureWorkflow:
                         non_retryable=True,
                     ) from err
                 self._state.waiting_for = str(cause.message)
+                self._mark_waiting()
                 await workflow.sleep(timedelta(seconds=inp.policy.incomplete_poll_s))
+
+    def _mark_waiting(self) -> None:
+        """Show "waiting" in the UI, so an exposure waiting for raws is not taken for one stuck at zip."""
+        # Added after runs were in flight: those replay without this upsert (tests/histories/v1).
+        if workflow.patched(WAITING_STEP_PATCH):
+            workflow.upsert_search_attributes([SA_STEP.value_set(names.STEP_WAITING)])
 
     async def _step(
         self,
@@ -146,6 +163,22 @@ class ExposureWorkflow:
         self._state.steps[step] = StepState(
             done=True, when=workflow.now().isoformat(), receipt=asdict(receipt)
         )
+        return receipt
+
+
+@contextmanager
+def _span(name: str, exp: Exposure, step: str | None = None, **extra: str) -> Iterator[trace.Span]:
+    """A span of this exposure's trace; replay-safe (ids from the workflow's seeded random)."""
+    attributes = {**names.exposure_attributes(exp.instrument, exp.day_obs, exp.obs_id, step), **extra}
+    with trace.get_tracer(__name__).start_as_current_span(name, attributes=attributes) as span:
+        yield span
+
+
+async def _traced(exp: Exposure, step: str, work: Awaitable[T]) -> T:
+    """Await one step inside its span (the activity's spans nest under it)."""
+    with _span(f"step:{step}", exp, step) as span:
+        receipt = await work
+        span.set_attribute("already_done", bool(getattr(receipt, "already_done", False)))
         return receipt
 
 

@@ -1,0 +1,170 @@
+"""``unembargo status`` and ``unembargo retry``: where an exposure is, and moving it on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Column, Table
+
+from unembargo.client.status import ExposureStatus, NoWorkflow
+from unembargo.models import names
+from unembargo.models.reconcile import WorkflowRun
+from unembargo.models.settings import Settings
+
+console = Console()
+_STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
+Instrument = Annotated[str, typer.Option(help="Instrument name.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def status(
+    ctx: typer.Context,
+    obs_id: Annotated[str | None, typer.Argument(help="The exposure's obs_id.")] = None,
+    day: Annotated[int | None, typer.Option(help="Every exposure of this day_obs (YYYYMMDD).")] = None,
+    instrument: Instrument = "LSSTCam",
+    as_json: AsJson = False,
+) -> None:
+    """Step timeline of an exposure (OBS_ID), or one line per exposure of a day (--day).
+
+    For a running exposure: its current activity, attempt and last failure.
+    """
+    if (obs_id is None) == (day is None):
+        raise typer.BadParameter("give an OBS_ID or --day, not both")
+    settings: Settings = ctx.obj
+    if day is not None:
+        runs = asyncio.run(_day(settings, instrument, names.check_day_obs(day)))
+        _print_day(runs, as_json)
+        return
+    assert obs_id is not None
+    try:
+        found = asyncio.run(_one(settings, instrument, obs_id))
+    except NoWorkflow as err:
+        console.print(str(err))
+        raise typer.Exit(1) from err
+    if as_json:
+        print(_json(found.as_dict()))
+    else:
+        _print_one(settings, found)
+
+
+async def _one(settings: Settings, instrument: str, obs_id: str) -> ExposureStatus:
+    from unembargo.client.connection import connect
+    from unembargo.client.status import exposure_status
+
+    return await exposure_status(await connect(settings), instrument, obs_id)
+
+
+async def _day(settings: Settings, instrument: str, day_obs: int) -> dict[str, WorkflowRun]:
+    from unembargo.client.connection import connect
+    from unembargo.client.progress import day_runs
+
+    return await day_runs(await connect(settings), instrument, day_obs)
+
+
+def _when(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else "-"
+
+
+def _short(at: datetime | None) -> str:
+    """Table cells: UTC to the second, without the year."""
+    return at.strftime("%m-%d %H:%M:%S") if at else "-"
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, indent=2, default=lambda o: o.isoformat() if isinstance(o, datetime) else str(o))
+
+
+def _styled(status: str) -> str:
+    style = _STYLE.get(status)
+    return f"[{style}]{status}[/{style}]" if style else status
+
+
+def _print_one(settings: Settings, found: ExposureStatus) -> None:
+    where = "failed at" if found.status == "failed" else "step"
+    console.print(f"[bold]{found.workflow_id}[/bold]  {_styled(found.status)}  {where} {found.step}")
+    console.print(f"  run {found.run_id}, started {_when(found.started)}, closed {_when(found.closed)}")
+    if found.error:
+        console.print(f"  [red]{found.error_type or 'error'}[/red]: {found.error}")
+    console.print(_timeline(found))
+    if found.pending:
+        _print_pending(found)
+    if found.waiting_for:
+        console.print(f"  waiting for raws: {found.waiting_for}")
+    if found.stuck or found.status in ("failed", "terminated", "timed_out", "canceled"):
+        console.print(f"  once the cause is fixed: unembargo retry {found.workflow_id.rsplit('-', 1)[-1]}")
+    console.print(
+        f"  history: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
+        f"/workflows/{found.workflow_id}/{found.run_id}/history",
+        soft_wrap=True,
+    )
+
+
+def _timeline(found: ExposureStatus) -> Table:
+    table = Table("step", "done", "when (UTC)", "tries", Column("receipt / last failure", overflow="fold"))
+    for step in found.steps:
+        detail = step.summary if step.done else (step.last_failure or "")
+        done = "yes" if step.done else "-"
+        table.add_row(step.step, done, _short(step.when), str(step.attempts or "-"), detail)
+    return table
+
+
+def _print_pending(found: ExposureStatus) -> None:
+    pending = found.pending
+    assert pending is not None
+    next_try = f", next attempt {_when(pending.next_attempt)}" if pending.next_attempt else ""
+    console.print(f"  now: {pending.activity}, attempt {pending.attempt}, {pending.state}{next_try}")
+    if pending.last_failure:
+        console.print(f"  last failure: [red]{pending.last_failure}[/red]")
+
+
+def _print_day(runs: dict[str, WorkflowRun], as_json: bool) -> None:
+    if as_json:
+        print(_json({obs: asdict(run) for obs, run in sorted(runs.items())}))
+        return
+    table = Table("status", "step", "try", "started (UTC)", Column("problem", overflow="fold"))
+    table.columns.insert(0, Column("obs_id", no_wrap=True))
+    for obs_id, run in sorted(runs.items()):
+        problem = run.error or run.last_failure or ""
+        attempt = str(run.attempt or "-")
+        table.add_row(obs_id, _styled(run.status), run.step, attempt, _short(run.started), problem)
+    table.caption = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.status for r in runs.values()).items()))
+    console.print(table)
+
+
+def retry(
+    ctx: typer.Context,
+    obs_id: Annotated[str, typer.Argument(help="The exposure's obs_id.")],
+    instrument: Instrument = "LSSTCam",
+    reason: Annotated[str, typer.Option(help="Recorded in the workflow history.")] = "unembargo retry",
+    as_json: AsJson = False,
+) -> None:
+    """Run a failed exposure again, or reset a stuck one to the step that is failing.
+
+    Steps already done are kept. Exit code 0 if a run was started or reset, 1 if
+    there was nothing to retry (the reason is printed).
+    """
+    settings: Settings = ctx.obj
+    try:
+        outcome = asyncio.run(_retry(settings, instrument, obs_id, reason))
+    except NoWorkflow as err:
+        console.print(str(err))
+        raise typer.Exit(1) from err
+    if as_json:
+        print(json.dumps(asdict(outcome), indent=2))
+    else:
+        console.print(f"{outcome.workflow_id}: {outcome.action}: {outcome.message}")
+    raise typer.Exit(0 if outcome.action != "none" else 1)
+
+
+async def _retry(settings: Settings, instrument: str, obs_id: str, reason: str) -> Any:
+    from unembargo.client.connection import connect
+    from unembargo.client.retry import retry_exposure
+
+    return await retry_exposure(await connect(settings), settings, instrument, obs_id, reason)

@@ -1,0 +1,503 @@
+"""``unembargo reconcile``: which exposures of a day are not fully unembargoed, and why.
+
+    >>> result = asyncio.run(run_reconcile(Settings(), ReconcileRequest(day_obs=20251231)))  # doctest: +SKIP
+    >>> result.final.counts["missing"]  # doctest: +SKIP
+    0
+
+An inventory of the day is taken from each source with a few batched calls (never
+one round trip per exposure), the five sources at once: the embargo bucket's folders
+(a delimiter listing), the embargo and main butlers (a handful of day-wide queries),
+the destination folder (one stat per file), Rucio (pattern listings and bulk calls)
+and Temporal (one visibility query). ``classify`` then judges every exposure from
+the inventory alone, so it runs (and is tested) without any service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session
+from temporalio.client import Client
+
+from unembargo.client.connection import connect
+from unembargo.client.progress import Progress, day_runs, watch
+from unembargo.client.run import settings_policy
+from unembargo.client.starter import StartOutcome, start_exposures
+from unembargo.models import names
+from unembargo.models.exposure import Exposure
+from unembargo.models.reconcile import (
+    CLASSES,
+    EMBARGOED,
+    FAILED,
+    HALF_DONE,
+    MISSING,
+    NEEDS_ACTION,
+    ORPHAN,
+    RUNNING,
+    SOURCES,
+    UNEMBARGOED,
+    EmbargoExposure,
+    Inventory,
+    MainHolding,
+    ObsDataset,
+    RucioDay,
+    Verdict,
+    WorkflowRun,
+)
+from unembargo.models.settings import Settings
+from unembargo.models.tables import connect as db_connect
+from unembargo.models.tables import step_queues
+
+
+@dataclass(frozen=True)
+class ReconcileRequest:
+    """Which day to reconcile."""
+
+    day_obs: int
+    instrument: str = "LSSTCam"
+    # Ask the sources one after another: slower, but each source's time is its own
+    # (the benchmark's split); by default they are asked at once.
+    sequential: bool = False
+
+
+class SourceUnavailable(RuntimeError):
+    """A source could not be read; the day cannot be judged without it."""
+
+    def __init__(self, source: str, err: BaseException) -> None:
+        super().__init__(f"could not read {source}: {type(err).__name__}: {err}")
+        self.source = source
+
+
+# ---------------------------------------------------------------- inventory
+
+
+async def take_inventory(
+    settings: Settings, request: ReconcileRequest, client: Client | None = None, now: datetime | None = None
+) -> Inventory:
+    """Everything the five sources say about the day; each source's wall time in ``seconds``."""
+    inst, day = names.check_name("instrument", request.instrument), names.check_day_obs(request.day_obs)
+    now = now or datetime.now(UTC)
+    jobs: dict[str, Callable[[], Awaitable[Any]]] = {
+        "s3": lambda: asyncio.to_thread(_s3_folders, settings, inst, day),
+        "butler": lambda: asyncio.to_thread(_butlers, settings, inst, day, now),
+        "destination": lambda: asyncio.to_thread(_destination, settings, inst, day),
+        "rucio": lambda: asyncio.to_thread(_rucio, settings, inst, day),
+        "temporal": lambda: _temporal(settings, client, inst, day),
+    }
+    seconds: dict[str, float] = {}
+    found = await _run_sources(jobs, seconds, request.sequential)
+    exposures, main = found["butler"]
+    return Inventory(
+        instrument=inst,
+        day_obs=day,
+        bucket_url=f"s3://{settings.s3_bucket}/{names.day_prefix(settings.s3_prefix, inst, day)}",
+        folders=frozenset(found["s3"]),
+        exposures=exposures,
+        main=main,
+        destination=found["destination"],
+        rucio=found["rucio"],
+        workflows=found["temporal"],
+        seconds=seconds,
+    )
+
+
+async def _run_sources(
+    jobs: dict[str, Callable[[], Awaitable[Any]]], seconds: dict[str, float], sequential: bool
+) -> dict[str, Any]:
+    """Run every source's job, together or in turn, timing each."""
+
+    async def timed(source: str) -> Any:
+        started = time.perf_counter()
+        try:
+            return await jobs[source]()
+        except Exception as err:
+            raise SourceUnavailable(source, err) from err
+        finally:
+            seconds[source] = time.perf_counter() - started
+
+    if sequential:
+        return {source: await timed(source) for source in jobs}
+    results = await asyncio.gather(*(timed(source) for source in jobs))
+    return dict(zip(jobs, results, strict=True))
+
+
+def load_clients() -> None:
+    """Import what the sources need (daf_butler, boto3, rucio-clients: a few seconds, once)."""
+    import boto3  # noqa: F401
+
+    import unembargo.activities.butler_inventory
+    import unembargo.activities.context
+    import unembargo.activities.rucio
+    import unembargo.activities.rucio_client  # noqa: F401
+
+
+def _s3_folders(settings: Settings, instrument: str, day_obs: int) -> list[str]:
+    from unembargo.activities.context import Resources
+    from unembargo.activities.s3 import list_subfolders
+
+    prefix = names.day_prefix(settings.s3_prefix, instrument, day_obs)
+    return list_subfolders(Resources(settings).s3, settings.s3_bucket, prefix)
+
+
+def _butlers(
+    settings: Settings, instrument: str, day_obs: int, now: datetime
+) -> tuple[dict[str, EmbargoExposure], dict[str, MainHolding]]:
+    from lsst.daf.butler import Butler
+
+    from unembargo.activities.butler_inventory import day_exposures, main_holdings
+
+    with (
+        Butler.from_config(settings.embargo_butler, writeable=False) as embargo,
+        Butler.from_config(settings.main_butler, writeable=False) as main,
+    ):
+        exposures = day_exposures(embargo, instrument, day_obs, settings.rules(), now)
+        return exposures, main_holdings(main, embargo, instrument, day_obs)
+
+
+def _destination(settings: Settings, instrument: str, day_obs: int) -> dict[str, int]:
+    from unembargo.activities.destination import list_day
+
+    return list_day(settings.dest_root.resolve(), names.day_relpath(instrument, day_obs))
+
+
+def _rucio(settings: Settings, instrument: str, day_obs: int) -> RucioDay:
+    from unembargo.activities.rucio import day_catalog
+    from unembargo.activities.rucio_client import connect as rucio_connect
+
+    return day_catalog(rucio_connect(settings), settings.rucio_scope, instrument, day_obs)
+
+
+async def _temporal(
+    settings: Settings, client: Client | None, instrument: str, day_obs: int
+) -> dict[str, WorkflowRun]:
+    return await day_runs(client or await connect(settings), instrument, day_obs)
+
+
+# ---------------------------------------------------------------- classification
+
+
+def classify(inv: Inventory) -> list[Verdict]:
+    """Every exposure any source knows of, judged; in class order, then by obs_id."""
+    order = {klass: i for i, klass in enumerate(CLASSES)}
+    verdicts = [judge(inv, obs_id) for obs_id in known_exposures(inv)]
+    return sorted(verdicts, key=lambda v: (order[v.klass], v.obs_id))
+
+
+def known_exposures(inv: Inventory) -> set[str]:
+    """obs_ids that the bucket, a butler, the destination, Rucio or Temporal mention."""
+    files = {p[0] for name in (*inv.destination, *inv.rucio.files) if (p := names.parse_day_file(name))}
+    keyed = (inv.folders, inv.exposures, inv.main, inv.rucio.obs, inv.workflows)
+    return files.union(*keyed)
+
+
+def judge(inv: Inventory, obs_id: str) -> Verdict:
+    """One exposure's class and the reason for it."""
+    problems = step_problems(inv, obs_id)
+    done = tuple(step for step in names.STEPS if problems[step] is None)
+    exp = inv.exposures.get(obs_id)
+    klass, reason = _class_and_reason(inv, obs_id, problems, done)
+    return Verdict(
+        obs_id=obs_id,
+        klass=klass,
+        reason=reason,
+        done=done,
+        exposure_id=exp.exposure_id if exp else None,
+        due=bool(exp and exp.due),
+        workflow=inv.workflows.get(obs_id),
+    )
+
+
+def _class_and_reason(
+    inv: Inventory, obs_id: str, problems: dict[str, str | None], done: tuple[str, ...]
+) -> tuple[str, str]:
+    """The first class that fits, in this order: running, orphan, unembargoed, failed,
+    embargoed, half-done, missing."""
+    exp = inv.exposures.get(obs_id)
+    run = inv.workflows.get(obs_id)
+    if run is not None and run.status == "running":
+        return RUNNING, _running(run)
+    found = _artefacts(inv, obs_id)
+    if obs_id not in inv.folders and found:
+        where = f"not in the embargo bucket ({inv.bucket_url})"
+        return ORPHAN, f"{where} but found: {', '.join(found)}; {_last_run(run)}"
+    if exp is None and obs_id not in inv.folders:
+        return MISSING, f"known only to Temporal ({_last_run(run)}): not in the embargo bucket or butler"
+    if len(done) == len(names.STEPS):
+        early = "" if exp is None or exp.due else f", although {_embargo(exp)}"
+        return UNEMBARGOED, f"every step done{early}"
+    if run is not None and run.status in ("failed", "timed_out"):
+        return FAILED, f"{run.error or run.status}{_done_note(done)}"
+    if (exp is None or not exp.due) and not done:
+        return EMBARGOED, f"{_embargo(exp)}; {_last_run(run)}"
+    if done:
+        held = "" if exp is not None and exp.due else f"; {_embargo(exp)}: --repair leaves it alone"
+        return HALF_DONE, f"{_steps_summary(problems, done)}; {_last_run(run)}{held}"
+    absent = "" if obs_id in inv.folders else f"; and it has no folder in {inv.bucket_url}"
+    return MISSING, f"past its embargo period and no step done; {_last_run(run)}{absent}"
+
+
+def step_problems(inv: Inventory, obs_id: str) -> dict[str, str | None]:
+    """Each step's "done when" against the inventory: None when it holds, else what is wrong."""
+    try:
+        zip_name = names.zip_relpath(inv.instrument, inv.day_obs, obs_id)
+        yaml_name = names.yaml_relpath(inv.instrument, inv.day_obs, obs_id)
+    except names.InvalidName:
+        return {step: "not a valid obs_id" for step in names.STEPS}
+    return {
+        "zip": None if zip_name in inv.destination else "no zip at the destination",
+        "export": None if yaml_name in inv.destination else "no dimension yaml at the destination",
+        "ingest": _ingest(inv.main.get(obs_id)),
+        "register": _register(inv, obs_id, {"zip": zip_name, "yaml": yaml_name}),
+        "tag": _tag(inv.rucio.obs.get(obs_id)),
+    }
+
+
+def _ingest(holding: MainHolding | None) -> str | None:
+    if holding is None:
+        return "the main butler holds none of its raws"
+    return None if holding.complete else holding.detail
+
+
+def _register(inv: Inventory, obs_id: str, files: dict[str, str]) -> str | None:
+    """Both files registered (size as on disk, checksums, a replica) and in every dataset.
+
+    Without the embargo butler's record the tracts are unknown: only Obs is required then.
+    """
+    exp = inv.exposures.get(obs_id)
+    datasets = (
+        names.exposure_datasets(inv.instrument, inv.day_obs, obs_id, exp.tracts)
+        if exp is not None
+        else [names.obs_dataset(inv.instrument, inv.day_obs, obs_id)]
+    )
+    problems: list[str] = []
+    for kind, name in files.items():
+        held = inv.rucio.files.get(name)
+        if held is None:
+            problems.append(f"the {kind} is not registered")
+            continue
+        size = inv.destination.get(name)
+        if size is not None and held.bytes != size:
+            problems.append(f"the {kind} is registered with {held.bytes} bytes, the file has {size}")
+        if not (held.adler32 and held.md5):
+            problems.append(f"the {kind} has no adler32/md5 in Rucio")
+        if not held.available:
+            problems.append(f"the {kind} has no available replica")
+        lacking = [d for d in datasets if d not in held.parents]
+        if lacking:
+            problems.append(f"the {kind} is not in {', '.join(lacking)}")
+    return "; ".join(problems) or None
+
+
+def _tag(obs: ObsDataset | None) -> str | None:
+    if obs is None:
+        return "no Obs dataset"
+    problems = ["the Obs dataset is open"] if obs.open else []
+    if obs.backup != names.BACKUP_VALUE:
+        problems.append(f"{names.BACKUP_KEY} is {'not set' if obs.backup is None else repr(obs.backup)}")
+    return "; ".join(problems) or None
+
+
+def _artefacts(inv: Inventory, obs_id: str) -> list[str]:
+    """What the exposure left at the destination, in Rucio and in the main butler."""
+    try:
+        files = [names.zip_relpath(inv.instrument, inv.day_obs, obs_id)]
+        files.append(names.yaml_relpath(inv.instrument, inv.day_obs, obs_id))
+    except names.InvalidName:
+        files = []
+    found = []
+    for where, held in (("at the destination", inv.destination), ("in Rucio", inv.rucio.files)):
+        present = [name.rpartition("/")[2] for name in files if name in held]
+        if present:
+            found.append(f"{' and '.join(present)} {where}")
+    if obs_id in inv.rucio.obs:
+        found.append("its Obs dataset in Rucio")
+    if obs_id in inv.main:
+        found.append("raws in the main butler")
+    return found
+
+
+def _running(run: WorkflowRun) -> str:
+    text = f"at step {run.step}"
+    if run.activity:
+        text += f", {run.activity} attempt {run.attempt}"
+    if run.last_failure:
+        text += f", last error: {run.last_failure}"
+    return text
+
+
+def _last_run(run: WorkflowRun | None) -> str:
+    if run is None:
+        return "no workflow"
+    if run.status == "completed":
+        return "its workflow completed"
+    return f"its last run {run.status} at step {run.step}"
+
+
+def _embargo(exp: EmbargoExposure | None) -> str:
+    if exp is None:
+        return "not in the embargo butler, so its embargo period cannot be judged"
+    ended = f" (it ended {exp.end:%Y-%m-%d %H:%M} UTC)" if exp.end else ""
+    return f"not yet past its embargo period under the configured rules{ended}"
+
+
+def _done_note(done: tuple[str, ...]) -> str:
+    return f" (done: {', '.join(done)})" if done else ""
+
+
+def _steps_summary(problems: dict[str, str | None], done: tuple[str, ...]) -> str:
+    todo = [f"{step} ({problem})" for step, problem in problems.items() if problem is not None]
+    return f"done: {', '.join(done)}; not done: {', '.join(todo)}"
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Reconciliation:
+    """The verdicts on one day, and how long each source took."""
+
+    instrument: str
+    day_obs: int
+    verdicts: list[Verdict]
+    seconds: dict[str, float]
+
+    def of(self, klass: str) -> list[Verdict]:
+        return [v for v in self.verdicts if v.klass == klass]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {klass: len(self.of(klass)) for klass in CLASSES}
+
+    @property
+    def ok(self) -> bool:
+        """Nothing missing, half-done or failed."""
+        return not any(v.klass in NEEDS_ACTION for v in self.verdicts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "instrument": self.instrument,
+            "day_obs": self.day_obs,
+            "ok": self.ok,
+            "counts": self.counts,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "exposures": [v.as_dict() for v in self.verdicts],
+        }
+
+
+async def reconcile_day(
+    settings: Settings, request: ReconcileRequest, client: Client | None = None, now: datetime | None = None
+) -> Reconciliation:
+    """Take the day's inventory and judge every exposure in it.
+
+    The clients' libraries are imported first: start-up is nobody's source time.
+    """
+    await asyncio.to_thread(load_clients)
+    started = time.perf_counter()
+    inv = await take_inventory(settings, request, client, now)
+    verdicts = classify(inv)
+    seconds = {source: inv.seconds[source] for source in SOURCES}
+    seconds["total"] = time.perf_counter() - started
+    return Reconciliation(inv.instrument, inv.day_obs, verdicts, seconds)
+
+
+@dataclass
+class Repair:
+    """What --repair started and how those runs ended."""
+
+    outcomes: list[StartOutcome] = field(default_factory=list)
+    finished: list[Progress] = field(default_factory=list)
+    # Needing action but not started: not past their embargo, or unknown to the embargo butler.
+    skipped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        final = {p.workflow_id: p.status for p in self.finished}
+        return {
+            "started": [
+                {"obs_id": o.exposure.obs_id, "outcome": o.outcome, "final": final.get(o.workflow_id)}
+                for o in self.outcomes
+            ],
+            "skipped": self.skipped,
+        }
+
+
+async def repair(
+    settings: Settings,
+    client: Client,
+    before: Reconciliation,
+    on_update: Callable[[list[Progress]], None] | None = None,
+) -> Repair:
+    """(Re)start a workflow for every repairable exposure and watch them all finish.
+
+    Same workflow ids and the same check-first steps: what is done is found done, the
+    rest is done. Completed and failed runs are followed by a new run; running ones
+    are left alone.
+    """
+    todo = [v for v in before.verdicts if v.repairable]
+    left = [v.obs_id for v in before.verdicts if v.klass in NEEDS_ACTION and not v.repairable]
+    result = Repair(skipped=left)
+    if not todo:
+        return result
+    exposures = [_exposure(before, v) for v in todo]
+    with Session(db_connect(settings.database_url.get_secret_value())) as session:
+        queues = step_queues(session)
+    result.outcomes = await start_exposures(
+        client,
+        settings.workflow_task_queue,
+        exposures,
+        queues,
+        settings_policy(settings),
+        restart_failed=True,
+        rerun_completed=True,
+    )
+    ids = [o.workflow_id for o in result.outcomes if o.outcome in ("started", "running")]
+    if ids:
+        result.finished = await watch(client, ids, on_update or (lambda rows: None))
+    return result
+
+
+def _exposure(rec: Reconciliation, verdict: Verdict) -> Exposure:
+    assert verdict.exposure_id is not None, "repairable verdicts have an exposure id"
+    return Exposure(rec.instrument, rec.day_obs, verdict.obs_id, verdict.exposure_id)
+
+
+@dataclass
+class ReconcileResult:
+    before: Reconciliation
+    repair: Repair | None = None
+    after: Reconciliation | None = None
+
+    @property
+    def final(self) -> Reconciliation:
+        return self.after or self.before
+
+    @property
+    def ok(self) -> bool:
+        return self.final.ok
+
+    def as_dict(self) -> dict[str, Any]:
+        """The final reconciliation; with --repair, also what was started and the counts before."""
+        out = self.final.as_dict()
+        if self.repair is not None:
+            out["repair"] = {"before": self.before.counts, **self.repair.as_dict()}
+        return out
+
+
+async def run_reconcile(
+    settings: Settings,
+    request: ReconcileRequest,
+    do_repair: bool = False,
+    on_update: Callable[[list[Progress]], None] | None = None,
+) -> ReconcileResult:
+    """Reconcile the day; with ``do_repair``, repair it and, if anything was started, reconcile again."""
+    client = await connect(settings)
+    result = ReconcileResult(before=await reconcile_day(settings, request, client))
+    if do_repair:
+        result.repair = await repair(settings, client, result.before, on_update)
+        if result.repair.outcomes:
+            result.after = await reconcile_day(settings, request, client)
+    return result
