@@ -15,9 +15,9 @@ The mix: most exposures unembargoed; ten each half-done (backup tag missing), fa
 (at zip), running (at register, activity pending) and missing; the last twenty
 embargoed (a rule holds them); five orphan zips at the destination.
 
-It then runs ``unembargo reconcile --day D --json`` twice as a child process (the
-sources asked at once, as operators run it; wall time includes start-up) and the
-library once with the sources asked one after another (each source's own time).
+It then runs ``unembargo reconcile --day D --json`` as a child process ``--repeat``
+times (the sources asked at once, as operators run it; wall time includes start-up)
+and the library once with the sources asked one after another (each source's own time).
 Results go to ``benchmarks/results/reconcile-<UTC time>.json`` and to the "Measured"
 section of docs/reconcile.md.
 """
@@ -482,7 +482,9 @@ def table(result: dict[str, Any]) -> str:
         "|---|" + "---:|" * (len(cols) + 2),
     ]
     for name, run in result["runs"].items():
-        label = "library, one source after another" if name == "sequential" else f"CLI #{name[4:]}, sources at once"
+        label = "library, one source after another"
+        if name != "sequential":
+            label = f"CLI #{name[4:]}, sources at once"
         cells = [f"{run['seconds'][c]:.2f}" for c in cols]
         wall = f"{run['process_wall_s']:.2f}" if "process_wall_s" in run else "-"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {wall} | {run['load_average_1m']} |")

@@ -106,8 +106,12 @@ async def _interactive(settings: Settings, request: ReconcileRequest, do_repair:
 
 def verdict_table(rec: Reconciliation) -> Table:
     """One row per exposure, grouped by class (those needing action last), with the reason."""
-    steps = "".join(step[0] for step in STEPS)  # zeirt: zip, export, ingest, register, tag
-    table = Table("class", "exposure", steps, "reason", title=f"{rec.instrument} {rec.day_obs}")
+    table = Table(title=f"{rec.instrument} {rec.day_obs}")
+    table.add_column("class", no_wrap=True)
+    table.add_column("exposure", no_wrap=True)
+    # zeirt: zip, export, ingest, register, tag.
+    table.add_column("".join(step[0] for step in STEPS), no_wrap=True)
+    table.add_column("reason")
     for klass in CLASSES:
         rows = rec.of(klass)
         style = _STYLE[klass]
@@ -137,4 +141,5 @@ def summary(rec: Reconciliation) -> str:
 
 def _print(rec: Reconciliation) -> None:
     console.print(verdict_table(rec))
-    console.print(summary(rec))
+    # Unwrapped, so a script can grep the counts whatever the terminal's width.
+    console.print(summary(rec), soft_wrap=True)

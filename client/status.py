@@ -17,6 +17,7 @@ from typing import Any
 
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from unembargo.models import names
 from unembargo.workflows.exposure import SA_STEP
@@ -80,8 +81,6 @@ class NoWorkflow(LookupError):
 
 async def exposure_status(client: Client, instrument: str, obs_id: str) -> ExposureStatus:
     """The latest run of an exposure's workflow, step by step."""
-    from temporalio.service import RPCError, RPCStatusCode
-
     wid = names.workflow_id(instrument, obs_id)
     try:
         desc = await client.get_workflow_handle(wid).describe()

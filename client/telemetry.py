@@ -21,7 +21,7 @@ from types import MappingProxyType
 import opentelemetry.context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from temporalio.contrib.opentelemetry import ReplaySafeTracerProvider, create_tracer_provider
 
@@ -53,26 +53,31 @@ def tracer_provider() -> ReplaySafeTracerProvider:
 def configure_tracing(settings: Settings) -> None:
     """Export spans where the settings say (each exporter once per process)."""
     provider = tracer_provider()
-    kind = settings.span_exporter()
-    key = (kind, settings.otel_endpoint)
-    if kind == "none" or key in _added:
-        return
-    _added.add(key)
-    if kind == "console":
-        console = ConsoleSpanExporter(out=sys.stderr, formatter=_one_line)
-        provider.add_span_processor(SimpleSpanProcessor(console))
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    key = (settings.span_exporter(), settings.otel_endpoint)
+    processor = span_processor(settings) if key not in _added else None
+    if processor is not None:
+        _added.add(key)
+        provider.add_span_processor(processor)
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=_traces_url(settings))))
+
+def span_processor(settings: Settings) -> SpanProcessor | None:
+    """The processor and exporter the settings ask for; None for "none"."""
+    kind = settings.span_exporter()
+    if kind == "none":
+        return None
+    if kind == "console":
+        return SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr, formatter=_one_line))
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(settings)))
 
 
 def _one_line(span: ReadableSpan) -> str:
     return span.to_json(indent=None) + "\n"
 
 
-def _traces_url(settings: Settings) -> str:
-    """The collector's traces URL: the endpoint as given if it names a path, else /v1/traces."""
+def traces_url(settings: Settings) -> str:
+    """The collector's traces URL: the endpoint, ending in /v1/traces."""
     endpoint = (settings.otel_endpoint or "").rstrip("/")
     return endpoint if endpoint.endswith("/v1/traces") else f"{endpoint}/v1/traces"
 

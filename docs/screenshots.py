@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import os
 import random
 import shutil
@@ -26,10 +28,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from sqlmodel import Session
@@ -38,7 +43,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from unembargo.client.connection import connect
 from unembargo.client.starter import start_exposures
 from unembargo.client.status import exposure_status
-from unembargo.devstack import stack
+from unembargo.devstack import lsstcam, stack
 from unembargo.devstack.s3 import LOCAL_ENV
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
@@ -51,22 +56,20 @@ OUT = Path(__file__).parent / "img"
 # A location that exists only for these scenes; its worker cannot reach Rucio.
 BROKEN = "screenshot-rucio"
 WORKFLOW_QUEUE = "unembargo-screenshots"
+# Workflow ids by scene: stuck, failed, completed.
+Scenes = dict[str, list[str]]
 NO_RUCIO = "http://127.0.0.1:9"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--hide-scrollbars",
-    # The UI is a single-page app: let its scripts fetch and render before the shot.
-    "--virtual-time-budget=15000",
 ]  # fmt: skip
 
 
 def scene_day() -> int:
     """A day of 2024 for this run's exposures (a new one each run: workflow ids never repeat)."""
-    day = random.Random().randrange(1, 366)
-    from datetime import date, timedelta
-
-    return int((date(2023, 12, 31) + timedelta(days=day)).strftime("%Y%m%d"))
+    day = date(2023, 12, 31) + timedelta(days=random.Random().randrange(1, 366))
+    return int(day.strftime("%Y%m%d"))
 
 
 def scene_worker(state: Path) -> subprocess.Popen[bytes]:
@@ -91,7 +94,7 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str)
         await asyncio.sleep(0.5)
 
 
-async def start(client: Client, settings: Settings, seeded: SeededExposure, queues: StepQueues) -> str:
+async def start(client: Client, seeded: SeededExposure, queues: StepQueues) -> str:
     exposure = Exposure("LSSTCam", seeded.day_obs, seeded.obs_id, seeded.exposure_id)
     [out] = await start_exposures(client, WORKFLOW_QUEUE, [exposure], queues, Policy())
     return out.workflow_id
@@ -101,21 +104,30 @@ async def status_of(client: Client, wid: str) -> WorkflowExecutionStatus | None:
     return (await client.get_workflow_handle(wid).describe()).status
 
 
-async def make_scenes(client: Client, settings: Settings, day: int) -> dict[str, list[str]]:
-    """Start the four exposures and wait until each shows what it is there to show."""
+def blocking_zip(settings: Settings, day: int) -> Path:
+    """Where a file of other content keeps the fourth exposure from being zipped."""
+    return settings.dest_root / "LSSTCam" / str(day) / f"{lsstcam.obs_id(day, 4)}.zip"
+
+
+async def start_scenes(client: Client, settings: Settings, day: int) -> Scenes:
+    """Seed the four exposures, block the fourth's zip, start their workflows."""
     seeded = [seed_exposure(settings, day, seq) for seq in (1, 2, 3, 4)]
     with Session(db_connect(settings.database_url.get_secret_value())) as session:
         queues = step_queues(session)
     broken = replace(queues, register=names.location_queue(BROKEN), tag=names.location_queue(BROKEN))
-    blocking = settings.dest_root / "LSSTCam" / str(day) / f"{seeded[3].obs_id}.zip"
+    blocking = blocking_zip(settings, day)
     blocking.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(blocking, "w") as zf:
         zf.writestr("notes.txt", "an operator's file under the exposure's zip name")
-    scenes = {
-        "stuck": [await start(client, settings, s, broken) for s in seeded[:2]],
-        "completed": [await start(client, settings, seeded[2], queues)],
-        "failed": [await start(client, settings, seeded[3], queues)],
+    return {
+        "stuck": [await start(client, s, broken) for s in seeded[:2]],
+        "completed": [await start(client, seeded[2], queues)],
+        "failed": [await start(client, seeded[3], queues)],
     }
+
+
+async def scenes_ready(client: Client, scenes: Scenes) -> None:
+    """Wait until each exposure shows what it is there to show."""
 
     async def ready() -> bool:
         for wid in scenes["stuck"]:
@@ -127,18 +139,83 @@ async def make_scenes(client: Client, settings: Settings, day: int) -> dict[str,
         return (done, failed) == (WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.FAILED)
 
     await until(ready, timeout=300, what="the scenes (two stuck at register, one failed, one completed)")
-    blocking.unlink()
-    return scenes
 
 
-def shoot(chromium: str, url: str, path: Path, size: str = "1600,560") -> None:
-    """One screenshot of ``url`` in a fresh browser profile."""
-    # Chromium's helpers may still be writing to the profile as it exits.
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-        argv = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
-                f"--screenshot={path}", url]  # fmt: skip
-        subprocess.run(argv, check=True, capture_output=True, timeout=120)
-    print(f"{path}  <-  {url}")
+class Chromium:
+    """Headless Chromium driven over its DevTools pipe (fds 3 and 4): no extra package needed."""
+
+    def __init__(self, binary: str) -> None:
+        to_child, self._out = os.pipe()
+        self._in, from_child = os.pipe()
+        self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
+
+        def pipes_as_3_and_4() -> None:
+            os.dup2(to_child, 3)
+            os.dup2(from_child, 4)
+
+        argv = [binary, *CHROMIUM_FLAGS, "--remote-debugging-pipe", f"--user-data-dir={self._profile.name}"]
+        self.proc = subprocess.Popen(argv, preexec_fn=pipes_as_3_and_4, pass_fds=(3, 4, to_child, from_child),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        os.close(to_child)
+        os.close(from_child)
+        self._buffer = b""
+        self._last_id = 0
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
+    def call(self, method: str, session: str | None = None, **params: object) -> dict[str, Any]:
+        """Send one DevTools command and return its result (events in between are skipped)."""
+        self._last_id += 1
+        message: dict[str, object] = {"id": self._last_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                self._buffer += os.read(self._in, 1 << 16)
+            raw, _, self._buffer = self._buffer.partition(b"\0")
+            reply = json.loads(raw)
+            if reply.get("id") == self._last_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return dict(reply["result"])
+
+    def page(self, method: str, **params: object) -> dict[str, Any]:
+        return self.call(method, self._session, **params)
+
+    def text(self) -> str:
+        found = self.page("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)
+        return str(found["result"].get("value", ""))
+
+    def shoot(self, url: str, path: Path, shows: list[str], size: tuple[int, int] = (1600, 560)) -> None:
+        """Load ``url``; once it shows every string of ``shows`` and stops changing, save a PNG."""
+        width, height = size
+        self.page(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        self.page("Page.navigate", url=url)
+        deadline = time.monotonic() + 60
+        last = ""
+        while True:
+            text = self.text()
+            if all(s in text for s in shows) and text == last:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} never showed {shows}")
+            last = text
+            time.sleep(0.5)
+        data = self.page("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        print(f"{path}  <-  {url}")
+
+    def close(self) -> None:
+        self.call("Browser.close")
+        self.proc.wait(timeout=30)
+        self._profile.cleanup()
 
 
 def ui(settings: Settings, path: str) -> str:
@@ -149,9 +226,28 @@ def list_url(settings: Settings, query: str) -> str:
     return ui(settings, f"workflows?query={quote(query)}")
 
 
+async def photograph(
+    browser: Chromium, client: Client, settings: Settings, day: int, scenes: Scenes, out: Path
+) -> None:
+    """The UI's answers to the daily questions, and a stuck exposure's page."""
+    ids = {name: [wid.removeprefix("unembargo-") for wid in wids] for name, wids in scenes.items()}
+    browser.shoot(list_url(settings, f"day_obs = {day}"), out / "day.png", shows=sum(ids.values(), []))
+    stuck_query = f'ExecutionStatus = "Running" AND step = "register" AND day_obs = {day}'
+    browser.shoot(list_url(settings, stuck_query), out / "stuck-at-register.png", shows=ids["stuck"])
+    failed_query = f'ExecutionStatus = "Failed" AND day_obs = {day}'
+    browser.shoot(list_url(settings, failed_query), out / "failed.png", shows=ids["failed"])
+    stuck = scenes["stuck"][0]
+    run_id = (await client.get_workflow_handle(stuck).describe()).run_id
+    page = ui(settings, f"workflows/{stuck}/{run_id}")
+    register = names.ACTIVITY["register"]
+    browser.shoot(f"{page}/pending-activities", out / "stuck-pending.png", shows=[register, "Last Failure"],
+                  size=(1600, 1000))  # fmt: skip
+    browser.shoot(f"{page}/history", out / "stuck-history.png", shows=[register], size=(1600, 1200))
+
+
 async def main(out: Path) -> None:
-    chromium = shutil.which("chromium")
-    if chromium is None:
+    binary = shutil.which("chromium")
+    if binary is None:
         raise SystemExit("no chromium: apt-get install -y chromium")
     settings = Settings(otel_exporter="none")
     stack.use_local_credentials(settings)
@@ -160,29 +256,29 @@ async def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as state:
         worker = scene_worker(Path(state))
+        scenes: Scenes = {}
         try:
-            scenes = await make_scenes(client, settings, day)
-            shots = {
-                "day.png": list_url(settings, f"day_obs = {day}"),
-                "stuck-at-register.png": list_url(
-                    settings, f'ExecutionStatus = "Running" AND step = "register" AND day_obs = {day}'
-                ),
-                "failed.png": list_url(settings, f'ExecutionStatus = "Failed" AND day_obs = {day}'),
-            }
-            for name, url in shots.items():
-                shoot(chromium, url, out / name)
-            stuck = scenes["stuck"][0]
-            run_id = (await client.get_workflow_handle(stuck).describe()).run_id
-            page = ui(settings, f"workflows/{stuck}/{run_id}/history")
-            shoot(chromium, page, out / "stuck-exposure.png", size="1600,1300")
-            for wid in scenes["stuck"]:
-                await client.get_workflow_handle(wid).terminate(reason="screenshot scene over")
+            scenes = await start_scenes(client, settings, day)
+            await scenes_ready(client, scenes)
+            browser = Chromium(binary)
+            try:
+                await photograph(browser, client, settings, day, scenes, out)
+            finally:
+                browser.close()
         finally:
+            await end_scenes(client, settings, day, scenes)
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=30)
-    print(
-        f"day_obs {day}: stuck {scenes['stuck']}, failed {scenes['failed']}, completed {scenes['completed']}"
-    )
+    print(f"day_obs {day}: {scenes}")
+
+
+async def end_scenes(client: Client, settings: Settings, day: int, scenes: Scenes) -> None:
+    """Terminate the stuck runs (nothing would ever serve their register queue) and unblock the zip."""
+    for wid in scenes.get("stuck", []):
+        handle = client.get_workflow_handle(wid)
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await handle.terminate(reason="screenshot scene over")
+    blocking_zip(settings, day).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import os
 import random
@@ -23,21 +24,24 @@ from unembargo.models.tables import Effect, connect
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_DIR = REPO / ".dev" / "test-stack"
+# Ports of this checkout's test stack: a block derived from its path, so two checkouts
+# on one machine (a developer's and CI's clean clone) never share services.
+PORT_BASE = 20000 + int(hashlib.sha1(str(STACK_DIR).encode()).hexdigest(), 16) % 4000 * 10
 
 # Point boto3 and lsst-resources at the local endpoint before anything builds a client.
 for _key, _value in LOCAL_ENV.items():
     os.environ[_key] = _value
-os.environ["S3_ENDPOINT_URL"] = "http://127.0.0.1:19010"
+os.environ["S3_ENDPOINT_URL"] = f"http://127.0.0.1:{PORT_BASE + 1}"
 
 
 def stack_settings() -> Settings:
-    """The test stack's services: the dev defaults moved to other ports and state."""
+    """The test stack's services: the dev defaults moved to this checkout's ports and state."""
     return Settings(
         state_dir=STACK_DIR,
-        temporal_address="127.0.0.1:17233",
-        temporal_ui_url="http://127.0.0.1:18233",
+        temporal_address=f"127.0.0.1:{PORT_BASE + 2}",
+        temporal_ui_url=f"http://127.0.0.1:{PORT_BASE + 3}",
         s3_endpoint_url=os.environ["S3_ENDPOINT_URL"],
-        rucio_host="http://127.0.0.1:18765",
+        rucio_host=f"http://127.0.0.1:{PORT_BASE + 4}",
         rucio_password_file=STACK_DIR / "rucio" / "password",
         dest_root=STACK_DIR / "dest" / "raw",
         database_url=f"sqlite:///{STACK_DIR / 'unembargo.db'}",

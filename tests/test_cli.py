@@ -18,7 +18,7 @@ from unembargo.models.settings import Settings
 def unembargo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "unembargo.cli.app", *args],
-        env={**os.environ, **settings_env(settings)},
+        env={**os.environ, **settings_env(settings), "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=600,

@@ -3,17 +3,19 @@
 One trace per exposure: the workflow's ``exposure`` span is its root, with a
 ``step:<name>`` child per step, and under each an ``activity:<type>`` span per
 attempt. Every one carries instrument, day_obs and obs_id; log lines written
-by an activity name the obs_id and step.
+by an activity name the obs_id and step. The exporter follows the settings (console, OTLP, none).
 """
 
 from __future__ import annotations
 
+import http.server
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlmodel import Session
@@ -22,7 +24,7 @@ from temporalio.client import Client
 from support import fresh_day, poll_until
 from unembargo.client.connection import connect
 from unembargo.client.starter import start_exposures
-from unembargo.client.telemetry import ExposureFields, tracer_provider
+from unembargo.client.telemetry import ExposureFields, span_processor, tracer_provider, traces_url
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models.exposure import Exposure, Policy
 from unembargo.models.names import ACTIVITY, STEPS
@@ -124,3 +126,43 @@ async def test_one_trace_per_exposure_with_a_span_per_step(
 
     zipped = [r for r in logged.records if r.getMessage().startswith("zipped ")]
     assert zipped and all((r.obs_id, r.step) == (seeded.obs_id, "zip") for r in zipped)  # type: ignore[attr-defined]
+
+
+def test_exporter_follows_the_settings() -> None:
+    assert Settings().span_exporter() == "console"
+    assert Settings(otel_endpoint="http://collector:4318").span_exporter() == "otlp"
+    assert Settings(otel_endpoint="http://collector:4318", otel_exporter="none").span_exporter() == "none"
+    assert span_processor(Settings(otel_exporter="none")) is None
+    assert traces_url(Settings(otel_endpoint="http://collector:4318/")) == "http://collector:4318/v1/traces"
+
+
+class Collector(http.server.BaseHTTPRequestHandler):
+    """Records the paths that spans are posted to."""
+
+    posted: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        Collector.posted.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+def test_spans_reach_an_otlp_collector() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    processor = span_processor(Settings(otel_endpoint=f"http://127.0.0.1:{server.server_port}"))
+    assert processor is not None
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    try:
+        with provider.get_tracer(__name__).start_as_current_span("exposure", attributes={"obs_id": "X"}):
+            pass
+        assert provider.force_flush(timeout_millis=10_000)
+        assert Collector.posted == ["/v1/traces"]
+    finally:
+        provider.shutdown()
+        server.shutdown()
