@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from unembargo.client.status import ExposureStatus, NoWorkflow
+from unembargo.client.status import ExposureStatus, NoWorkflow, PendingStep
 from unembargo.models import names
 from unembargo.models.reconcile import WorkflowRun
 from unembargo.models.settings import Settings
@@ -35,14 +35,20 @@ def status(
 
     For a running exposure: its current activity, attempt and last failure.
     """
-    if (obs_id is None) == (day is None):
-        raise typer.BadParameter("give an OBS_ID or --day, not both")
     settings: Settings = ctx.obj
-    if day is not None:
-        runs = asyncio.run(_day(settings, instrument, names.check_day_obs(day)))
-        _print_day(runs, as_json)
-        return
-    assert obs_id is not None
+    if obs_id is not None and day is None:
+        _show_exposure(settings, instrument, obs_id, as_json)
+    elif day is not None and obs_id is None:
+        try:
+            day_obs = names.check_day_obs(day)
+        except names.InvalidName as err:
+            raise typer.BadParameter(str(err), param_hint="--day") from err
+        _print_day(asyncio.run(_day(settings, instrument, day_obs)), as_json)
+    else:
+        raise typer.BadParameter("give an OBS_ID or --day, not both")
+
+
+def _show_exposure(settings: Settings, instrument: str, obs_id: str, as_json: bool) -> None:
     try:
         found = asyncio.run(_one(settings, instrument, obs_id))
     except NoWorkflow as err:
@@ -94,7 +100,7 @@ def _print_one(settings: Settings, found: ExposureStatus) -> None:
         console.print(f"  [red]{found.error_type or 'error'}[/red]: {found.error}")
     console.print(_timeline(found))
     if found.pending:
-        _print_pending(found)
+        _print_pending(found.pending)
     if found.waiting_for:
         console.print(f"  waiting for raws: {found.waiting_for}")
     if found.stuck or found.status in ("failed", "terminated", "timed_out", "canceled"):
@@ -115,25 +121,32 @@ def _timeline(found: ExposureStatus) -> Table:
     return table
 
 
-def _print_pending(found: ExposureStatus) -> None:
-    pending = found.pending
-    assert pending is not None
+def _print_pending(pending: PendingStep) -> None:
     next_try = f", next attempt {_when(pending.next_attempt)}" if pending.next_attempt else ""
     console.print(f"  now: {pending.activity}, attempt {pending.attempt}, {pending.state}{next_try}")
     if pending.last_failure:
         console.print(f"  last failure: [red]{pending.last_failure}[/red]")
 
 
+def _brief(text: str, limit: int = 90) -> str:
+    """A day's table shows the start of each problem; `status OBS_ID` shows all of it."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _print_day(runs: dict[str, WorkflowRun], as_json: bool) -> None:
     if as_json:
         print(_json({obs: asdict(run) for obs, run in sorted(runs.items())}))
         return
-    table = Table("status", "step", "try", "started (UTC)", Column("problem", overflow="fold"))
-    table.columns.insert(0, Column("obs_id", no_wrap=True))
+    table = Table(
+        Column("obs_id", no_wrap=True),
+        Column("status", no_wrap=True),
+        Column("step (try)", no_wrap=True),
+        Column("problem", overflow="fold"),
+    )
     for obs_id, run in sorted(runs.items()):
-        problem = run.error or run.last_failure or ""
-        attempt = str(run.attempt or "-")
-        table.add_row(obs_id, _styled(run.status), run.step, attempt, _short(run.started), problem)
+        step = f"{run.step} ({run.attempt})" if run.attempt else run.step
+        problem = _brief(run.error or run.last_failure or "")
+        table.add_row(obs_id, _styled(run.status), step, problem)
     table.caption = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.status for r in runs.values()).items()))
     console.print(table)
 

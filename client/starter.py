@@ -62,7 +62,7 @@ async def _start_one(
                     SearchAttributePair(SA_INSTRUMENT, exposure.instrument),
                     SearchAttributePair(SA_DAY_OBS, exposure.day_obs),
                     SearchAttributePair(SA_OBS_ID, exposure.obs_id),
-                    SearchAttributePair(SA_STEP, "queued"),
+                    SearchAttributePair(SA_STEP, names.STEP_QUEUED),
                 ]
             ),
         )

@@ -37,9 +37,7 @@ def worker(settings: Settings, locations: list[str]) -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture
-async def start(
-    settings: Settings, client: Client, worker: WorkerProcess
-) -> AsyncIterator:  # type: ignore[type-arg]
+async def start(settings: Settings, client: Client, worker: WorkerProcess) -> AsyncIterator:  # type: ignore[type-arg]
     """Start one exposure's workflow with short timers; returns its handle."""
 
     async def run(seeded: SeededExposure, policy: Policy = FAST) -> WorkflowHandle[object, object]:
@@ -74,7 +72,9 @@ async def test_incomplete_exposure_waits_then_fails_and_zips_nothing(settings: S
     assert error.type == "IncompleteExposure"
     assert "150" in error.message and "205" in error.message, error.message
     assert time.monotonic() - began >= FAST.incomplete_wait_s
-    assert not zip_path(settings, seeded).parent.exists() or not any(zip_path(settings, seeded).parent.iterdir())
+    assert not zip_path(settings, seeded).parent.exists() or not any(
+        zip_path(settings, seeded).parent.iterdir()
+    )
 
 
 async def test_incomplete_exposure_completes_when_the_raws_arrive(settings: Settings, start) -> None:  # type: ignore[no-untyped-def]
@@ -93,7 +93,8 @@ async def _waiting(handle: WorkflowHandle[object, object]) -> bool:
 
 
 async def test_existing_zip_with_other_content_is_a_named_error_and_untouched(
-    settings: Settings, start  # type: ignore[no-untyped-def]
+    settings: Settings,
+    start,  # type: ignore[no-untyped-def]
 ) -> None:
     seeded = seed_exposure(settings, fresh_day(), 1)
     path = zip_path(settings, seeded)
@@ -126,7 +127,9 @@ async def test_key_that_would_escape_the_destination_is_refused(settings: Settin
 
 
 async def test_rucio_down_for_30s_during_register_delays_then_completes(
-    settings: Settings, stack_up: Settings, start  # type: ignore[no-untyped-def]
+    settings: Settings,
+    stack_up: Settings,
+    start,  # type: ignore[no-untyped-def]
 ) -> None:
     seeded = seed_exposure(settings, fresh_day(), 1)
     # Hold the exposure before step 4 by taking Rucio down as soon as step 3 runs.

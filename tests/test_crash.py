@@ -8,6 +8,7 @@ The exposure must end unembargoed with every side effect done exactly once.
 from __future__ import annotations
 
 import signal
+from functools import partial
 from pathlib import Path
 
 from sqlmodel import Session
@@ -43,11 +44,9 @@ async def test_worker_killed_at_every_step_and_point_finishes_exactly_once(
     while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
         worker = WorkerProcess(settings, locations, crash_env)
         try:
-
-            async def ended() -> bool:
-                return not worker.alive() or await _closed(handle)
-
-            await poll_until(ended, timeout=240, what="a kill or the end of the workflow")
+            await poll_until(
+                partial(_ended, worker, handle), timeout=240, what="a kill or the end of the workflow"
+            )
         finally:
             if worker.alive():
                 worker.stop()
@@ -62,6 +61,10 @@ async def test_worker_killed_at_every_step_and_point_finishes_exactly_once(
     ledger = effects(settings, {seeded.obs_id})
     assert {step for (_, step, _) in ledger} == set(STEPS)
     assert all(n == 1 for n in ledger.values()), ledger
+
+
+async def _ended(worker: WorkerProcess, handle: WorkflowHandle[object, object]) -> bool:
+    return not worker.alive() or await _closed(handle)
 
 
 async def _closed(handle: WorkflowHandle[object, object]) -> bool:

@@ -13,7 +13,6 @@ import secrets
 import socket
 import socketserver
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -419,18 +418,16 @@ def relay(module_settings: Settings) -> Iterator[Relay]:
 def test_outage_is_an_ordinary_error_and_the_retry_completes(
     module_settings: Settings, relay: Relay, rucio: Client, case: Case
 ) -> None:
-    """Connection refused propagates (Temporal retries it) fast; after the outage all is done."""
+    """Connection refused propagates as a retryable error; after the outage all is done."""
     resources = Resources(module_settings.model_copy(update={"rucio_host": relay.url}))
     acts = RucioActivities(resources)
     resources.rucio()  # authenticated while the server is reachable
     relay.cut()
 
-    started = time.monotonic()
     with pytest.raises(Exception) as failed:
         run(acts.register_in_rucio, case.register([21]))
     assert not isinstance(failed.value, BadInput)
     assert type(failed.value).__name__ not in NON_RETRYABLE
-    assert time.monotonic() - started < 10
 
     relay.restore()
     assert not run(acts.register_in_rucio, case.register([21])).already_done

@@ -72,7 +72,12 @@ def check_ingested(settings: Settings, exposure_id: int) -> int:
     wanted = set()
     for dataset_type in embargo.registry.queryDatasetTypes(["raw", "guider_raw"]):
         refs = embargo.query_datasets(
-            dataset_type, collections="*", find_first=False, instrument="LSSTCam", exposure=exposure_id, explain=False
+            dataset_type,
+            collections="*",
+            find_first=False,
+            instrument="LSSTCam",
+            exposure=exposure_id,
+            explain=False,
         )
         wanted |= {ref.id for ref in refs}
     assert wanted, "nothing to compare: the embargo butler has no raws"
@@ -107,10 +112,11 @@ def check_rucio(settings: Settings, day_obs: int, obs_id: str, tracts: list[int]
     assert client.get_did(scope, obs)["open"] is False
 
 
-def check_unembargoed(settings: Settings, day_obs: int, obs_id: str, exposure_id: int, tracts: list[int]) -> None:
+def check_unembargoed(
+    settings: Settings, day_obs: int, obs_id: str, exposure_id: int, tracts: list[int]
+) -> None:
     """Every step's "done when", in order."""
     check_zip(settings, day_obs, obs_id)
     check_yaml_imports_into_empty_repo(settings, day_obs, obs_id)
     check_ingested(settings, exposure_id)
     check_rucio(settings, day_obs, obs_id, tracts)
-
