@@ -17,10 +17,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sqlmodel import Session, select
+from temporalio.client import Client, WorkflowHandle
 
+from unembargo.client.starter import start_exposures
 from unembargo.devstack.s3 import LOCAL_ENV
+from unembargo.devstack.seed import SeededExposure
+from unembargo.models.exposure import Exposure, Policy, StepQueues
 from unembargo.models.settings import Settings
-from unembargo.models.tables import Effect, connect
+from unembargo.models.tables import Effect, connect, step_queues
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_DIR = REPO / ".dev" / "test-stack"
@@ -134,3 +138,20 @@ async def poll_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def start_one(
+    client: Client,
+    settings: Settings,
+    seeded: SeededExposure,
+    policy: Policy,
+    queues: StepQueues | None = None,
+) -> WorkflowHandle[object, object]:
+    """Start the workflow of one seeded exposure (it must be new); its handle."""
+    if queues is None:
+        with Session(connect(settings.database_url.get_secret_value())) as session:
+            queues = step_queues(session)
+    exposure = Exposure("LSSTCam", seeded.day_obs, seeded.obs_id, seeded.exposure_id)
+    [out] = await start_exposures(client, settings.workflow_task_queue, [exposure], queues, policy)
+    assert out.outcome == "started", out
+    return client.get_workflow_handle(out.workflow_id)

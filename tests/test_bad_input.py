@@ -13,17 +13,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from support import WorkerProcess, fresh_day, poll_until
-from unembargo.client.starter import start_exposures
+from support import WorkerProcess, fresh_day, poll_until, start_one
 from unembargo.devstack import postgres, rucio_server
 from unembargo.devstack.seed import SeededExposure, seed_exposure
-from unembargo.models.exposure import Exposure, Policy
+from unembargo.models.exposure import Policy
 from unembargo.models.settings import Settings
-from unembargo.models.tables import connect, step_queues
 from verify import check_unembargoed
 
 FAST = Policy(heartbeat_s=5, incomplete_wait_s=8, incomplete_poll_s=2)
@@ -41,12 +38,7 @@ async def start(settings: Settings, client: Client, worker: WorkerProcess) -> As
     """Start one exposure's workflow with short timers; returns its handle."""
 
     async def run(seeded: SeededExposure, policy: Policy = FAST) -> WorkflowHandle[object, object]:
-        exposure = Exposure("LSSTCam", seeded.day_obs, seeded.obs_id, seeded.exposure_id)
-        with Session(connect(settings.database_url.get_secret_value())) as session:
-            queues = step_queues(session)
-        [out] = await start_exposures(client, settings.workflow_task_queue, [exposure], queues, policy)
-        assert out.outcome == "started"
-        return client.get_workflow_handle(out.workflow_id)
+        return await start_one(client, settings, seeded, policy)
 
     yield run
     assert worker.alive(), worker.output()[-3000:]

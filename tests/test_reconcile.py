@@ -23,12 +23,11 @@ import pytest
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
-from support import WorkerProcess, poll_until, settings_env
+from support import WorkerProcess, poll_until, settings_env, start_one
 from unembargo.client.reconcile import ReconcileRequest, Reconciliation, classify, judge, reconcile_day
-from unembargo.client.starter import start_exposures
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
-from unembargo.models.exposure import Exposure, Policy, StepQueues
+from unembargo.models.exposure import Policy, StepQueues
 from unembargo.models.reconcile import (
     EmbargoExposure,
     Inventory,
@@ -341,10 +340,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 async def start(
     client: Client, settings: Settings, seeded: SeededExposure, queues: StepQueues, policy: Policy = POLICY
 ) -> WorkflowHandle[object, object]:
-    exposure = Exposure("LSSTCam", seeded.day_obs, seeded.obs_id, seeded.exposure_id)
-    [out] = await start_exposures(client, settings.workflow_task_queue, [exposure], queues, policy)
-    assert out.outcome == "started"
-    return client.get_workflow_handle(out.workflow_id)
+    return await start_one(client, settings, seeded, policy, queues)
 
 
 async def _state(handle: WorkflowHandle[object, object]) -> dict[str, object]:

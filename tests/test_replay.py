@@ -14,21 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
 from temporalio import workflow
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
-from support import WorkerProcess, fresh_day, poll_until
+from support import WorkerProcess, fresh_day, poll_until, start_one
 from unembargo.client.schedule import selection_queue
-from unembargo.client.starter import start_exposures
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
-from unembargo.models.exposure import ExportReceipt, Exposure, ExposureInput, ExposureState, Policy, StepInput
+from unembargo.models.exposure import ExportReceipt, ExposureInput, ExposureState, Policy, StepInput
 from unembargo.models.schedule import SelectInput, SelectResult
 from unembargo.models.settings import Settings
-from unembargo.models.tables import connect, step_queues
 from unembargo.workflows.exposure import SA_STEP, ExposureWorkflow
 from unembargo.workflows.select import SelectAndStartWorkflow
 
@@ -50,12 +47,7 @@ def worker(settings: Settings, locations: list[str]) -> Iterator[WorkerProcess]:
 async def _start(
     settings: Settings, client: Client, seeded: SeededExposure
 ) -> WorkflowHandle[object, object]:
-    exposure = Exposure("LSSTCam", seeded.day_obs, seeded.obs_id, seeded.exposure_id)
-    with Session(connect(settings.database_url.get_secret_value())) as session:
-        queues = step_queues(session)
-    [out] = await start_exposures(client, settings.workflow_task_queue, [exposure], queues, FAST)
-    assert out.outcome == "started"
-    return client.get_workflow_handle(out.workflow_id)
+    return await start_one(client, settings, seeded, FAST)
 
 
 async def _save(handle: WorkflowHandle[object, object], name: str) -> None:

@@ -19,18 +19,15 @@ import zipfile
 from collections.abc import Iterator
 
 import pytest
-from sqlmodel import Session
 from temporalio.client import Client, WorkflowHandle
 
-from support import WorkerProcess, effects, fresh_day, poll_until, settings_env
+from support import WorkerProcess, effects, fresh_day, poll_until, settings_env, start_one
 from unembargo.client.retry import retry_exposure
-from unembargo.client.starter import start_exposures
 from unembargo.client.status import ExposureStatus, exposure_status
 from unembargo.devstack.seed import SeededExposure, seed_exposure
-from unembargo.models.exposure import Exposure, Policy
+from unembargo.models.exposure import Policy
 from unembargo.models.names import STEP_WAITING
 from unembargo.models.settings import Settings
-from unembargo.models.tables import connect, step_queues
 from unembargo.workflows.exposure import SA_STEP
 from verify import check_unembargoed
 
@@ -67,12 +64,7 @@ def cli(settings: Settings, *args: str) -> tuple[int, str]:
 
 
 async def start(settings: Settings, client: Client, seeded: SeededExposure) -> WorkflowHandle[object, object]:
-    exposure = Exposure("LSSTCam", seeded.day_obs, seeded.obs_id, seeded.exposure_id)
-    with Session(connect(settings.database_url.get_secret_value())) as session:
-        queues = step_queues(session)
-    [out] = await start_exposures(client, settings.workflow_task_queue, [exposure], queues, FAST)
-    assert out.outcome == "started"
-    return client.get_workflow_handle(out.workflow_id)
+    return await start_one(client, settings, seeded, FAST)
 
 
 def done_steps(status: ExposureStatus) -> list[str]:
