@@ -22,7 +22,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import Client
 
-from support import STACK_DIR, stack_settings
+from support import STACK_DIR, WorkerProcess, stack_settings
 from unembargo.devstack import rucio_server, stack, temporal
 from unembargo.models.settings import Settings
 
@@ -139,3 +139,11 @@ def locations(settings: Settings) -> list[str]:
 async def client(settings: Settings) -> Client:
     """A Temporal client of this session's namespace."""
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+
+
+@pytest.fixture(scope="module")
+def worker(settings: Settings, locations: list[str]) -> Iterator[WorkerProcess]:
+    """A real worker process serving this session's queues, for one test module."""
+    proc = WorkerProcess(settings, locations)
+    yield proc
+    proc.stop()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -155,3 +156,10 @@ async def start_one(
     [out] = await start_exposures(client, settings.workflow_task_queue, [exposure], queues, policy)
     assert out.outcome == "started", out
     return client.get_workflow_handle(out.workflow_id)
+
+
+def plant_foreign_zip(path: Path) -> None:
+    """An operator's own file under an exposure's final zip name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("something-else.txt", "operator's own file")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from support import WorkerProcess, fresh_day, poll_until, start_one
+from support import WorkerProcess, fresh_day, plant_foreign_zip, poll_until, start_one
 from unembargo.devstack import postgres, rucio_server
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models.exposure import Policy
@@ -25,12 +25,6 @@ from verify import check_unembargoed
 
 FAST = Policy(heartbeat_s=5, incomplete_wait_s=8, incomplete_poll_s=2)
 
-
-@pytest.fixture(scope="module")
-def worker(settings: Settings, locations: list[str]) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(settings, locations)
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture
@@ -90,9 +84,7 @@ async def test_existing_zip_with_other_content_is_a_named_error_and_untouched(
 ) -> None:
     seeded = seed_exposure(settings, fresh_day(), 1)
     path = zip_path(settings, seeded)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("something-else.txt", "operator's own file")
+    plant_foreign_zip(path)
     before = path.read_bytes(), path.stat().st_mtime_ns
     error = await failure(await start(seeded))
     assert error.type == "DestinationConflict"

@@ -6,9 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-
-import pytest
 
 from support import WorkerProcess, fresh_day, settings_env
 from unembargo.devstack.seed import seed_exposure
@@ -24,12 +21,6 @@ def unembargo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
         timeout=600,
     )
 
-
-@pytest.fixture(scope="module")
-def worker(settings: Settings, locations: list[str]) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(settings, locations)
-    yield proc
-    proc.stop()
 
 
 def test_start_json_then_again_starts_nothing(settings: Settings, worker: WorkerProcess) -> None:

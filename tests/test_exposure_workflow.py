@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-
-import pytest
 
 from support import WorkerProcess, effects, fresh_day
 from unembargo.client.run import StartRequest, run_start
@@ -16,12 +13,6 @@ from verify import check_unembargoed
 # Test days lie in 2000-2019; look back far enough for all of them.
 EVERYTHING = timedelta(days=365 * 30)
 
-
-@pytest.fixture
-def worker(settings: Settings, locations: list[str]) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(settings, locations)
-    yield proc
-    proc.stop()
 
 
 async def test_start_unembargoes_every_eligible_exposure_once(

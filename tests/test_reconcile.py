@@ -13,8 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -23,7 +21,7 @@ import pytest
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
-from support import WorkerProcess, poll_until, settings_env, start_one
+from support import WorkerProcess, plant_foreign_zip, poll_until, settings_env, start_one
 from unembargo.client.reconcile import ReconcileRequest, Reconciliation, classify, judge, reconcile_day
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
@@ -318,12 +316,6 @@ def e2e_obs(seq: int) -> str:
     return f"MC_O_{E2E_DAY}_{seq:06d}"
 
 
-@pytest.fixture(scope="module")
-def worker(settings: Settings, locations: list[str]) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(settings, locations)
-    yield proc
-    proc.stop()
-
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """`unembargo ...` in a child process, with the rules of this module."""
@@ -358,7 +350,7 @@ async def test_a_day_in_every_class_is_classified_exactly_then_repaired(
         queues = step_queues(session)
     day_dir = settings.dest_root / "LSSTCam" / str(E2E_DAY)
     foreign = day_dir / f"{e2e_obs(FAILED)}.zip"
-    _foreign_zip(foreign)
+    plant_foreign_zip(foreign)
 
     # Run what must run; hold one at register (nobody serves its Rucio queue), then kill it.
     done = [await start(client, settings, seeded[seq], queues) for seq in (*DONE, *UNDONE)]
@@ -413,12 +405,6 @@ async def test_a_day_in_every_class_is_classified_exactly_then_repaired(
     assert table.returncode == 0, table.stdout + table.stderr
     assert "unembargoed" in table.stdout and "orphan" in table.stdout and "nothing to do" in table.stdout
 
-
-def _foreign_zip(path: os.PathLike[str]) -> None:
-    """An operator's own file under an exposure's final zip name."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("something-else.txt", "operator's own file")
 
 
 async def _waiting(handle: WorkflowHandle[object, object]) -> bool:

@@ -9,8 +9,6 @@ that would break such a run in flight fails here; the fix is ``workflow.patched`
 from __future__ import annotations
 
 import os
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, Work
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
-from support import WorkerProcess, fresh_day, poll_until, start_one
+from support import WorkerProcess, fresh_day, plant_foreign_zip, poll_until, start_one
 from unembargo.client.schedule import selection_queue
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
@@ -36,12 +34,6 @@ FAST = Policy(heartbeat_s=5, incomplete_wait_s=300, incomplete_poll_s=2)
 
 # ---------------------------------------------------------------- recording
 
-
-@pytest.fixture
-def worker(settings: Settings, locations: list[str]) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(settings, locations)
-    yield proc
-    proc.stop()
 
 
 async def _start(
@@ -81,10 +73,7 @@ async def _record_waited_for_raws(settings: Settings, client: Client) -> None:
 async def _record_failed(settings: Settings, client: Client) -> None:
     """A zip of other content at the destination: DestinationConflict."""
     seeded = seed_exposure(settings, fresh_day(), 1)
-    path = settings.dest_root / "LSSTCam" / str(seeded.day_obs) / f"{seeded.obs_id}.zip"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("other.txt", "not this exposure")
+    plant_foreign_zip(settings.dest_root / "LSSTCam" / str(seeded.day_obs) / f"{seeded.obs_id}.zip")
     handle = await _start(settings, client, seeded)
     with pytest.raises(WorkflowFailureError):
         await handle.result()

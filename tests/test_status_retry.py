@@ -15,13 +15,12 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from collections.abc import Iterator
 
 import pytest
 from temporalio.client import Client, WorkflowHandle
 
-from support import WorkerProcess, effects, fresh_day, poll_until, settings_env, start_one
+from support import WorkerProcess, effects, fresh_day, plant_foreign_zip, poll_until, settings_env, start_one
 from unembargo.client.retry import retry_exposure
 from unembargo.client.status import ExposureStatus, exposure_status
 from unembargo.devstack.seed import SeededExposure, seed_exposure
@@ -121,9 +120,7 @@ async def test_failed_exposure_is_restarted_by_retry_and_then_has_nothing_to_ret
 ) -> None:
     seeded = seed_exposure(settings, fresh_day(), 1)
     path = settings.dest_root / "LSSTCam" / str(seeded.day_obs) / f"{seeded.obs_id}.zip"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("other.txt", "not this exposure")
+    plant_foreign_zip(path)
     handle = await start(settings, client, seeded)
     await poll_until(lambda: _closed(handle), timeout=120, what="the run to fail")
 
