@@ -132,7 +132,14 @@ def checkpoint(step: str, point: str) -> None:
 
 @contextmanager
 def heartbeating(interval: float = 5.0) -> Iterator[None]:
-    """Heartbeat from a side thread while a long blocking call runs in this one."""
+    """Heartbeat from a side thread while a long blocking call runs in this one.
+
+    At most every ``interval`` seconds and three times per heartbeat timeout, so a busy
+    machine's delays never make a live activity look dead.
+    """
+    timeout = activity.info().heartbeat_timeout
+    if timeout:
+        interval = min(interval, timeout.total_seconds() / 3)
     stop = threading.Event()
     ctx = contextvars.copy_context()
 

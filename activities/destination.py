@@ -7,6 +7,7 @@ cannot overwrite each other, and a file under its final name is always complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import uuid
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from unembargo.models.errors import DestinationFull
 from unembargo.models.exposure import FileReceipt
 
 CHUNK = 4 * 1024 * 1024
@@ -100,6 +102,14 @@ def staged(final: Path) -> Iterator[tuple[BinaryIO, Path]]:
     try:
         with open(staging, "xb") as f:
             yield f, staging
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DestinationFull(
+            f"destination full: no space left under {final.parent} while writing {final.name} "
+            f"({err.strerror}); nothing was installed and the staging file is removed. Free space "
+            "there (or raise the quota); the step retries on its own."
+        ) from err
     finally:
         staging.unlink(missing_ok=True)
 

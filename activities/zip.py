@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 import time
 import zipfile
 from collections import deque
@@ -26,7 +28,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from lsst.daf.butler import (
     Butler,
@@ -61,11 +63,13 @@ from unembargo.models.exposure import Exposure, FileReceipt, StepInput, ZipRecei
 BUTLER_INDEX = ZipIndex.index_name
 INDEX_NAMES = (BUTLER_INDEX, METADATA_INDEX)
 
-# Parallel downloads. At most WINDOW objects and WINDOW_BYTES are held in memory
-# at once (plus one larger object alone), whatever the exposure's size.
+# Parallel downloads. A zip holds at most WINDOW objects and WINDOW_BYTES in memory
+# at once (plus one larger object alone), whatever the exposure's size; all the zips
+# of a worker process together hold at most PROCESS_BYTES (BUDGET), however many run.
 WORKERS = 12
 WINDOW = 2 * WORKERS
-WINDOW_BYTES = 256 * 1024 * 1024
+WINDOW_BYTES = 128 * 1024 * 1024
+PROCESS_BYTES = 128 * 1024 * 1024
 # Names quoted in an error message; the rest are counted.
 SHOWN = 5
 
@@ -190,8 +194,8 @@ class ZipActivities:
         ]
         count = len(members) + len(INDEX_NAMES)
         stamp = max(obj.last_modified for obj in folder.members.values())
-        with destination.staged(final) as (raw_file, staging):
-            out = destination.ChecksumWriter(raw_file)
+        with destination.staged(final) as (raw_file, staging), WriteBehind(raw_file) as behind:
+            out = destination.ChecksumWriter(behind)
             self._write(out, members, index, stamp, folder.bucket)
             out.flush()
             file = FileReceipt(relpath=relpath, size=out.size, md5=out.md5, adler32=out.adler32)
@@ -443,22 +447,104 @@ def _member_differences(zf: zipfile.ZipFile, info: zipfile.ZipInfo, obj: S3Objec
     return []
 
 
+class WriteBehind:
+    """A file whose writes happen in a side thread, so checksumming the next member
+    overlaps writing this one (each alone is slower than the disk). At most
+    QUEUED writes wait; ``flush`` waits for all and raises the first write error."""
+
+    QUEUED = 2
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self.QUEUED)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="zip-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._raw.write(data)
+                except BaseException as err:  # noqa: BLE001 - handed to the writing thread
+                    self._error = err
+            self._queue.task_done()
+        self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, data: bytes) -> int:
+        self._raise()
+        self._queue.put(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+        self._raw.flush()
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+class ByteBudget:
+    """Bytes of downloaded objects that the zips of one process may hold at once."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self._cond = threading.Condition()
+
+    def cost(self, size: int) -> int:
+        """What an object takes from the budget: an object larger than all of it takes all of it."""
+        return min(size, self.total)
+
+    def take(self, amount: int, wait: bool) -> bool:
+        """Take ``amount``; without ``wait``, False at once if it is not free."""
+        with self._cond:
+            if wait:
+                self._cond.wait_for(lambda: self.free >= amount)
+            elif self.free < amount:
+                return False
+            self.free -= amount
+            return True
+
+    def give(self, amount: int) -> None:
+        with self._cond:
+            self.free += amount
+            self._cond.notify_all()
+
+
+BUDGET = ByteBudget(PROCESS_BYTES)
+
+
 def in_order(
     fetch: Callable[[Member], T],
     members: list[Member],
     workers: int = WORKERS,
     window: int = WINDOW,
     window_bytes: int = WINDOW_BYTES,
+    budget: ByteBudget = BUDGET,
 ) -> Generator[tuple[Member, T], None, None]:
     """``fetch`` each member in parallel, yielding results in the members' order.
 
     A bounded window of downloads runs ahead of the one being written, so memory
-    stays bounded however many members there are. Closing the iterator (or an
-    error) cancels what has not started and waits for what has.
+    stays bounded however many members there are; a member's bytes count against
+    ``budget`` from its download until it is written. Only a zip holding nothing
+    waits for the budget (others go on writing what they hold), so zips sharing it
+    never wait on each other in a circle. Closing the iterator (or an error) cancels
+    what has not started and waits for what has.
     """
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zip-fetch")
     pending: deque[tuple[Member, Future[T]]] = deque()
     in_flight = 0
+    held = 0
     todo = iter(members)
     upcoming = next(todo, None)
     try:
@@ -466,14 +552,20 @@ def in_order(
             while upcoming is not None and (
                 not pending or (len(pending) < window and in_flight + upcoming.obj.size <= window_bytes)
             ):
+                if not budget.take(budget.cost(upcoming.obj.size), wait=not pending):
+                    break
+                held += budget.cost(upcoming.obj.size)
                 pending.append((upcoming, pool.submit(fetch, upcoming)))
                 in_flight += upcoming.obj.size
                 upcoming = next(todo, None)
             member, future = pending.popleft()
             in_flight -= member.obj.size
             yield member, future.result()
+            held -= budget.cost(member.obj.size)
+            budget.give(budget.cost(member.obj.size))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        budget.give(held)
 
 
 def _fetch(s3: S3Client, bucket: str, member: Member) -> tuple[bytes, dict[str, Any] | None]:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from unembargo.client.progress import Progress
 from unembargo.client.run import StartRequest, StartResult, run_start
+from unembargo.models import names
 from unembargo.models.settings import Settings, parse_duration
 
 console = Console()
@@ -71,6 +72,12 @@ def start(
     Exit code 0 only if no selected exposure failed.
     """
     settings: Settings = ctx.obj
+    try:
+        names.check_name("instrument", instrument)
+        if day is not None:
+            names.check_day_obs(day)
+    except names.InvalidName as err:
+        raise typer.BadParameter(str(err)) from err
     request = StartRequest(
         instrument=instrument,
         window=_duration(window) if window is not None else None,

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from unembargo.client.codec import PayloadKeyError
 from unembargo.client.status import ExposureStatus, NoWorkflow, PendingStep
 from unembargo.models import names
 from unembargo.models.reconcile import WorkflowRun
@@ -43,17 +44,34 @@ def status(
             day_obs = names.check_day_obs(day)
         except names.InvalidName as err:
             raise typer.BadParameter(str(err), param_hint="--day") from err
-        _print_day(asyncio.run(_day(settings, instrument, day_obs)), as_json)
+        try:
+            runs = asyncio.run(_day(settings, instrument, day_obs))
+        except PayloadKeyError as err:
+            console.print(f"[red]PayloadKeyError[/red]: {err}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        _print_day(runs, as_json)
     else:
         raise typer.BadParameter("give an OBS_ID or --day, not both")
 
 
+def _checked_exposure(instrument: str, obs_id: str) -> None:
+    """A usage error (exit 2) for an instrument or obs_id that cannot name a workflow."""
+    try:
+        names.workflow_id(instrument, obs_id)
+    except names.InvalidName as err:
+        raise typer.BadParameter(str(err)) from err
+
+
 def _show_exposure(settings: Settings, instrument: str, obs_id: str, as_json: bool) -> None:
+    _checked_exposure(instrument, obs_id)
     try:
         found = asyncio.run(_one(settings, instrument, obs_id))
     except NoWorkflow as err:
         console.print(str(err))
         raise typer.Exit(1) from err
+    except PayloadKeyError as err:
+        console.print(f"[red]PayloadKeyError[/red]: {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
     if as_json:
         print(_json(found.as_dict()))
     else:
@@ -164,6 +182,7 @@ def retry(
     there was nothing to retry (the reason is printed).
     """
     settings: Settings = ctx.obj
+    _checked_exposure(instrument, obs_id)
     try:
         outcome = asyncio.run(_retry(settings, instrument, obs_id, reason))
     except NoWorkflow as err:

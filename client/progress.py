@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus, WorkflowFailureError
 
+from unembargo.client.codec import failure_text
 from unembargo.models import names
 from unembargo.models.reconcile import WorkflowRun
 from unembargo.workflows.exposure import SA_OBS_ID, SA_STEP
@@ -113,7 +114,11 @@ async def _with_pending(client: Client, run: WorkflowRun, run_id: str) -> Workfl
     if not pending:
         return run
     first = pending[0]
-    failure = first.last_failure.message if first.HasField("last_failure") else ""
+    failure = (
+        await failure_text(client.data_converter, first.last_failure)
+        if first.HasField("last_failure")
+        else ""
+    )
     return replace(
         run, activity=first.activity_type.name, attempt=first.attempt, last_failure=failure or None
     )

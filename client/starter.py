@@ -2,7 +2,8 @@
 
 The workflow id is derived from the exposure, and a start is refused when a run
 with that id exists (running, completed or failed): such exposures are reported
-with their state instead. Failed ones are restarted only on request
+with their state instead. If any exposure or queue has an unsafe name, nothing
+starts (``names.InvalidName``). Failed ones are restarted only on request
 (``restart_failed``, ``unembargo start --restart-failed``), and completed ones
 only when ``rerun_completed`` says so (``unembargo reconcile --repair``, for an
 exposure whose work was undone after its run completed).
@@ -24,7 +25,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from unembargo.models import names
-from unembargo.models.exposure import Exposure, ExposureInput, Policy, StepQueues
+from unembargo.models.exposure import Exposure, ExposureInput, Policy, StepQueues, check_input
 from unembargo.workflows.exposure import SA_DAY_OBS, SA_INSTRUMENT, SA_OBS_ID, SA_STEP
 
 # Starts in flight at once: enough to hide round trips, few enough for a dev server.
@@ -90,6 +91,10 @@ async def start_exposures(
     """
     gate = asyncio.Semaphore(START_CONCURRENCY)
     policy = policy or Policy()
+    exposures = list(exposures)
+    # The workflow checks its input too; checking all first starts nothing if one name is bad.
+    for exp in exposures:
+        check_input(ExposureInput(exp, queues, policy))
     reuse = _reuse_policy(restart_failed, rerun_completed)
 
     async def one(exp: Exposure) -> StartOutcome:

@@ -19,6 +19,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
+from unembargo.client.codec import failure_text
 from unembargo.models import names
 from unembargo.workflows.exposure import SA_STEP
 
@@ -100,6 +101,9 @@ async def run_status(
     """One run's status from its description and history."""
     history = await handle.fetch_history()
     timeline = await _Timeline.read(client, history.events)
+    for act in desc.raw_description.pending_activities:
+        if act.HasField("last_failure"):
+            act.last_failure.message = await failure_text(client.data_converter, act.last_failure)
     status = (desc.status or WorkflowExecutionStatus.RUNNING).name.lower()
     pending = _pending(desc) if status == "running" else None
     return ExposureStatus(
@@ -161,7 +165,12 @@ class _Timeline:
             kind = event.WhichOneof("attributes")
             if kind == "activity_task_completed_event_attributes":
                 await line._completed(client, event)
-            elif kind in _READERS:
+                continue
+            if kind in _SEALED_FAILURES:
+                # The payload codec may have moved the message into an encrypted payload.
+                failure = getattr(event, kind).failure
+                failure.message = await failure_text(client.data_converter, failure)
+            if kind in _READERS:
                 _READERS[kind](line, event)
         return line
 
@@ -221,6 +230,10 @@ _READERS: dict[str, Callable[[_Timeline, HistoryEvent], None]] = {
     "workflow_execution_failed_event_attributes": _Timeline._run_failed,
     "workflow_execution_terminated_event_attributes": _Timeline._terminated,
 }
+
+
+# Events whose failure message the payload codec seals (client/codec.py).
+_SEALED_FAILURES = ("activity_task_failed_event_attributes", "workflow_execution_failed_event_attributes")
 
 
 def _failure_text(failure: Any) -> str:

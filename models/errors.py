@@ -16,6 +16,10 @@ class BadInput(Exception):
     """Base of errors that retrying cannot fix; an operator must act."""
 
 
+class DestinationFull(Exception):
+    """The destination filesystem has no space left: transient, retried until space is freed."""
+
+
 class IncompleteExposure(BadInput):
     """Fewer raws in the bucket than the exposure's expectedSensors list."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from unembargo.models import names
+
 
 @dataclass(frozen=True)
 class Exposure:
@@ -49,6 +51,22 @@ class ExposureInput:
     exposure: Exposure
     queues: StepQueues
     policy: Policy = field(default_factory=Policy)
+
+
+def check_input(inp: ExposureInput) -> ExposureInput:
+    """``inp`` if every name in it is safe, else InvalidName: nothing may act on an unsafe name.
+
+    Pure, so the workflow runs it before its first step, whoever started it.
+    """
+    exp = inp.exposure
+    names.check_name("instrument", exp.instrument)
+    names.check_day_obs(exp.day_obs)
+    names.check_name("obs_id", exp.obs_id)
+    if not isinstance(exp.exposure_id, int) or isinstance(exp.exposure_id, bool) or exp.exposure_id < 0:
+        raise names.InvalidName(f"exposure_id {exp.exposure_id!r} is not a non-negative integer")
+    for step in names.STEPS:
+        names.check_name(f"task queue of step {step}", getattr(inp.queues, step))
+    return inp
 
 
 @dataclass(frozen=True)

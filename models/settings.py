@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     temporal_ui_url: str = "http://127.0.0.1:8233"
     # Queue of the exposure workflows themselves; activities use location queues.
     workflow_task_queue: str = "unembargo-workflows"
+    # File holding the key that encrypts every Temporal payload (client/codec.py); the
+    # key itself is never a setting, so it is in no environment or command line.
+    payload_key_file: Path | None = None
 
     s3_endpoint_url: str | None = "http://127.0.0.1:9010"
     s3_bucket: str = "embargo"
@@ -127,6 +130,8 @@ class Settings(BaseSettings):
     )
     # Admin URL of the PostgreSQL the local stack uses (Rucio's database lives there).
     postgres_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    # Port of the private cluster the local stack starts when postgres_url does not answer.
+    postgres_private_port: int = 54329
 
     # Embargo of everything no rule frees earlier. Rules (a butler where clause and a
     # period each, first match wins) default to: calibrations 0 h, then this period.

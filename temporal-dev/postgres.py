@@ -17,7 +17,6 @@ from unembargo.devstack import procs
 from unembargo.models.settings import Settings
 
 NAME = "postgres"
-PRIVATE_PORT = 54329
 
 
 def _reachable(url: str) -> bool:
@@ -31,8 +30,8 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def _private_url() -> str:
-    return f"postgresql://postgres@127.0.0.1:{PRIVATE_PORT}/postgres"
+def _private_url(settings: Settings) -> str:
+    return f"postgresql://postgres@127.0.0.1:{settings.postgres_private_port}/postgres"
 
 
 def _url_file(settings: Settings) -> Path:
@@ -87,11 +86,11 @@ def ensure(settings: Settings) -> str:
             check=True,
             capture_output=True,
         )
-    argv = [_bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(PRIVATE_PORT),
+    argv = [_bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(settings.postgres_private_port),
             "-k", str(data)]  # fmt: skip
     procs.start(settings.state_dir, NAME, _as_postgres_user(argv))
-    procs.poll(lambda: _reachable(_private_url()), 60, "the private PostgreSQL")
-    _url_file(settings).write_text(_private_url())
+    procs.poll(lambda: _reachable(_private_url(settings)), 60, "the private PostgreSQL")
+    _url_file(settings).write_text(_private_url(settings))
     return "started"
 
 

@@ -291,11 +291,11 @@ def raw_file(
     return buffer.getvalue(), json.dumps(sidecar, indent=1).encode()
 
 
-def expected_sensors(plan: ExposurePlan) -> bytes:
+def expected_sensors(plan: ExposurePlan, detectors: Sequence[lsstcam.Detector] = lsstcam.DETECTORS) -> bytes:
     """``<obs_id>_expectedSensors.json``: every detector the camera was asked to read."""
     body = {
         "obsid": plan.obs_id,
-        "expectedSensors": {d.full_name: d.purpose for d in lsstcam.DETECTORS},
+        "expectedSensors": {d.full_name: d.purpose for d in detectors},
     }
     return json.dumps(body, indent=1).encode()
 
@@ -319,9 +319,10 @@ def _upload_detector(
     prefix: str,
     name: str,
     payload: tuple[ExposurePlan, lsstcam.Detector, int, Mapping[str, Any]],
+    cut: int | None = None,
 ) -> None:
     data, sidecar = raw_file(*payload)
-    _put(s3, bucket, f"{prefix}{name}.fits", data)
+    _put(s3, bucket, f"{prefix}{name}.fits", data if cut is None else data[:cut])
     _put(s3, bucket, f"{prefix}{name}.json", sidecar)
 
 
@@ -462,18 +463,24 @@ def seed_exposure(
     guiders_as: str = RAW,
     extra_objects: Mapping[str, bytes] | None = None,
     file_size: int = 64 * 1024,
+    expected: Collection[int] | None = None,
+    cut_raws: Mapping[int, int] | None = None,
     butler: Butler | None = None,
     s3: S3Client | None = None,
 ) -> SeededExposure:
     """Write one exposure's folder to the embargo bucket and ingest it in place.
 
     ``detectors`` limits the raws written (the expectedSensors file still lists all
-    205): an incomplete exposure. ``guiders_as=GUIDER_RAW`` records the 8 guider
-    files as dataset type ``guider_raw`` in ``LSSTCam/raw/guider`` (as real
-    registries do) instead of ``raw``. ``extra_objects`` adds objects under the
-    folder by relative name (spaces, unicode, ...); they are never ingested.
-    ``on_tract=False`` points the visit where no tract is registered. The repos
-    must exist (``ensure_repos``).
+    205 unless ``expected`` says otherwise): an incomplete exposure.
+    ``guiders_as=GUIDER_RAW`` records the 8 guider files as dataset type
+    ``guider_raw`` in ``LSSTCam/raw/guider`` (as real registries do) instead of
+    ``raw``. ``extra_objects`` adds objects under the folder by relative name
+    (spaces, unicode, ...); they are never ingested. ``on_tract=False`` points the
+    visit where no tract is registered. ``expected`` limits the detectors the
+    expectedSensors file lists (all 205 by default), so a small exposure can be
+    complete. ``cut_raws`` cuts a detector's FITS to that many bytes (0: an empty
+    object) before it is ingested, as a transfer that broke off leaves it. The
+    repos must exist (``ensure_repos``).
     """
     if guiders_as not in (RAW, GUIDER_RAW):
         raise ValueError(f"guiders_as must be {RAW!r} or {GUIDER_RAW!r}, not {guiders_as!r}")
@@ -482,7 +489,9 @@ def seed_exposure(
     plan = plan_exposure(day_obs, seq_num, observation_type, on_tract)
     dets = lsstcam.detectors_by_id(None if detectors is None else list(detectors))
     prefix = exposure_prefix(settings.s3_prefix, INSTRUMENT, day_obs, plan.obs_id)
-    names = _upload_folder(settings, s3, plan, dets, prefix, guiders_as, extra_objects or {}, file_size)
+    listed = lsstcam.detectors_by_id(None if expected is None else list(expected))
+    folder = _Folder(dets, listed, extra_objects or {}, cut_raws or {})
+    names = _upload_folder(settings, s3, plan, folder, prefix, guiders_as, file_size)
     with _embargo_butler(settings, butler) as b:
         _insert_records(b, exposure_records(plan, dets))
         datasets = _file_datasets(b, settings, plan, dets, prefix, guiders_as)
@@ -508,14 +517,23 @@ def seed_exposure(
     )
 
 
+@dataclass(frozen=True)
+class _Folder:
+    """What goes into an exposure folder besides the plan's own headers."""
+
+    detectors: Sequence[lsstcam.Detector]
+    expected: Sequence[lsstcam.Detector]
+    extra_objects: Mapping[str, bytes]
+    cut_raws: Mapping[int, int]
+
+
 def _upload_folder(
     settings: Settings,
     s3: S3Client | None,
     plan: ExposurePlan,
-    dets: Sequence[lsstcam.Detector],
+    folder: _Folder,
     prefix: str,
     guiders_as: str,
-    extra_objects: Mapping[str, bytes],
     file_size: int,
 ) -> list[str]:
     """Upload raws, sidecars, expectedSensors and extras in parallel; return the names."""
@@ -525,12 +543,14 @@ def _upload_folder(
     names: list[str] = []
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
         futures = []
-        for det in dets:
+        for det in folder.detectors:
             name = _raw_name(plan, det, guiders_as == GUIDER_RAW and det.purpose == lsstcam.GUIDER)
             names += [f"{name}.fits", f"{name}.json"]
             payload = (plan, det, file_size, base)
-            futures.append(pool.submit(_upload_detector, client, bucket, prefix, name, payload))
-        extras = {expected_sensors_name(plan.obs_id): expected_sensors(plan), **extra_objects}
+            cut = folder.cut_raws.get(det.id)
+            futures.append(pool.submit(_upload_detector, client, bucket, prefix, name, payload, cut))
+        expected = expected_sensors(plan, folder.expected)
+        extras = {expected_sensors_name(plan.obs_id): expected, **folder.extra_objects}
         for name, body in extras.items():
             names.append(name)
             futures.append(pool.submit(_put, client, bucket, f"{prefix}{name}", body))

@@ -22,7 +22,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import Client
 
-from support import STACK_DIR, WorkerProcess, stack_settings
+from support import STACK_DIR, WorkerProcess, add_locations, stack_settings
 from unembargo.devstack import rucio_server, stack, temporal
 from unembargo.models.settings import Settings
 
@@ -120,19 +120,7 @@ async def _register_namespace(settings: Settings) -> None:
 @pytest.fixture(scope="session")
 def locations(settings: Settings) -> list[str]:
     """This session's two locations (destination disk, Rucio); their queues are its own."""
-    from sqlmodel import Session
-
-    from unembargo.models.tables import Location, connect, upsert_location
-
-    tag = settings.rucio_rse.removeprefix("TEST_").lower()
-    rows = [
-        Location(name=f"dest-{tag}", site="test", kind="destination", storage=str(settings.dest_root)),
-        Location(name=f"rucio-{tag}", site="test", kind="rucio", storage=settings.rucio_host),
-    ]
-    with Session(connect(settings.database_url.get_secret_value())) as session:
-        for row in rows:
-            upsert_location(session, row)
-    return [row.name for row in rows]
+    return add_locations(settings, "test")
 
 
 @pytest.fixture(scope="session")

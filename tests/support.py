@@ -25,13 +25,15 @@ from unembargo.devstack.s3 import LOCAL_ENV
 from unembargo.devstack.seed import SeededExposure
 from unembargo.models.exposure import Exposure, Policy, StepQueues
 from unembargo.models.settings import Settings
-from unembargo.models.tables import Effect, connect, step_queues
+from unembargo.models.tables import Effect, Location, connect, step_queues, upsert_location
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_DIR = REPO / ".dev" / "test-stack"
 # Ports of this checkout's test stack: a block derived from its path, so two checkouts
-# on one machine (a developer's and CI's clean clone) never share services.
-PORT_BASE = 20000 + int(hashlib.sha1(str(STACK_DIR).encode()).hexdigest(), 16) % 4000 * 10
+# on one machine (a developer's and CI's clean clone) never share services. Below 32768,
+# where Linux's ephemeral range starts, so no outgoing connection holds a port a service
+# restarts on.
+PORT_BASE = 20000 + int(hashlib.sha1(str(STACK_DIR).encode()).hexdigest(), 16) % 1270 * 10
 
 # Point boto3 and lsst-resources at the local endpoint before anything builds a client.
 for _key, _value in LOCAL_ENV.items():
@@ -79,11 +81,17 @@ def worker_argv(locations: list[str]) -> list[str]:
 class WorkerProcess:
     """A real worker process for one test, killable with SIGKILL."""
 
-    def __init__(self, settings: Settings, locations: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        locations: list[str],
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+    ) -> None:
         log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1])
         self.log = log
         self.proc = subprocess.Popen(
-            worker_argv(locations),
+            argv or worker_argv(locations),
             env={**os.environ, **settings_env(settings), **(env or {})},
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -108,6 +116,19 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def add_locations(settings: Settings, site: str) -> list[str]:
+    """Two locations of the settings' own (destination disk, Rucio), so their queues are too."""
+    tag = settings.rucio_rse.removeprefix("TEST_").lower()
+    rows = [
+        Location(name=f"dest-{tag}", site=site, kind="destination", storage=str(settings.dest_root)),
+        Location(name=f"rucio-{tag}", site=site, kind="rucio", storage=settings.rucio_host),
+    ]
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        for row in rows:
+            upsert_location(session, row)
+    return [row.name for row in rows]
 
 
 _days = random.Random()

@@ -1,22 +1,18 @@
-"""Bad input and outages through the whole workflow, on the real stack.
+"""Bad input that is fixed while the workflow runs, and outages, on the real stack.
 
-Each case ends with a named error that says what is wrong (nothing lost, nothing
-overwritten), or with the exposure unembargoed once the cause is gone.
+Each case ends with the exposure unembargoed once the cause is gone. The catalogue of
+bad inputs and their named errors is test_bad_input_catalogue.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-import zipfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
-from support import WorkerProcess, fresh_day, plant_foreign_zip, poll_until, start_one
+from support import WorkerProcess, fresh_day, poll_until, start_one
 from unembargo.devstack import postgres, rucio_server
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models.exposure import Policy
@@ -24,7 +20,6 @@ from unembargo.models.settings import Settings
 from verify import check_unembargoed
 
 FAST = Policy(heartbeat_s=5, incomplete_wait_s=8, incomplete_poll_s=2)
-
 
 
 @pytest.fixture
@@ -36,31 +31,6 @@ async def start(settings: Settings, client: Client, worker: WorkerProcess) -> As
 
     yield run
     assert worker.alive(), worker.output()[-3000:]
-
-
-async def failure(handle: WorkflowHandle[object, object]) -> ApplicationError:
-    """The named error a workflow failed with."""
-    with pytest.raises(WorkflowFailureError) as info:
-        await handle.result()
-    cause = info.value.cause
-    assert isinstance(cause, ApplicationError), cause
-    return cause
-
-
-def zip_path(settings: Settings, seeded: SeededExposure) -> Path:
-    return settings.dest_root / "LSSTCam" / str(seeded.day_obs) / f"{seeded.obs_id}.zip"
-
-
-async def test_incomplete_exposure_waits_then_fails_and_zips_nothing(settings: Settings, start) -> None:  # type: ignore[no-untyped-def]
-    seeded = seed_exposure(settings, fresh_day(), 1, detectors=range(0, 150))
-    began = time.monotonic()
-    error = await failure(await start(seeded))
-    assert error.type == "IncompleteExposure"
-    assert "150" in error.message and "205" in error.message, error.message
-    assert time.monotonic() - began >= FAST.incomplete_wait_s
-    assert not zip_path(settings, seeded).parent.exists() or not any(
-        zip_path(settings, seeded).parent.iterdir()
-    )
 
 
 async def test_incomplete_exposure_completes_when_the_raws_arrive(settings: Settings, start) -> None:  # type: ignore[no-untyped-def]
@@ -76,38 +46,6 @@ async def test_incomplete_exposure_completes_when_the_raws_arrive(settings: Sett
 async def _waiting(handle: WorkflowHandle[object, object]) -> bool:
     state = await handle.query("state")
     return bool(state["waiting_for"])
-
-
-async def test_existing_zip_with_other_content_is_a_named_error_and_untouched(
-    settings: Settings,
-    start,  # type: ignore[no-untyped-def]
-) -> None:
-    seeded = seed_exposure(settings, fresh_day(), 1)
-    path = zip_path(settings, seeded)
-    plant_foreign_zip(path)
-    before = path.read_bytes(), path.stat().st_mtime_ns
-    error = await failure(await start(seeded))
-    assert error.type == "DestinationConflict"
-    assert str(path.name) in error.message
-    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
-
-
-async def test_keys_with_spaces_and_unicode_are_zipped(settings: Settings, start) -> None:  # type: ignore[no-untyped-def]
-    odd = {"notes from the night.txt": b"seeing 0.7", "résumé-Ωmega.json": b"{}", "sub dir/ü.json": b"[]"}
-    seeded = seed_exposure(settings, fresh_day(), 1, extra_objects=odd)
-    await (await start(seeded)).result()
-    check_unembargoed(settings, seeded.day_obs, seeded.obs_id, seeded.exposure_id, list(seeded.tracts))
-    with zipfile.ZipFile(zip_path(settings, seeded)) as zf:
-        assert set(odd) <= set(zf.namelist())
-        assert zf.read("résumé-Ωmega.json") == b"{}"
-
-
-async def test_key_that_would_escape_the_destination_is_refused(settings: Settings, start) -> None:  # type: ignore[no-untyped-def]
-    seeded = seed_exposure(settings, fresh_day(), 1, extra_objects={"../../../escape.json": b"{}"})
-    error = await failure(await start(seeded))
-    assert error.type == "UnsafeKey"
-    assert not zip_path(settings, seeded).exists()
-    assert not list(settings.dest_root.parent.rglob("escape.json"))
 
 
 async def test_rucio_down_for_30s_during_register_delays_then_completes(

@@ -22,7 +22,6 @@ def unembargo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
-
 def test_start_json_then_again_starts_nothing(settings: Settings, worker: WorkerProcess) -> None:
     day = fresh_day()
     seeded = {seed_exposure(settings, day, seq).obs_id for seq in (1, 2)}

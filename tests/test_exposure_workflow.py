@@ -14,7 +14,6 @@ from verify import check_unembargoed
 EVERYTHING = timedelta(days=365 * 30)
 
 
-
 async def test_start_unembargoes_every_eligible_exposure_once(
     settings: Settings, worker: WorkerProcess
 ) -> None:

@@ -316,7 +316,6 @@ def e2e_obs(seq: int) -> str:
     return f"MC_O_{E2E_DAY}_{seq:06d}"
 
 
-
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """`unembargo ...` in a child process, with the rules of this module."""
     rules = json.dumps([{"where": r.where, "period": r.period.total_seconds()} for r in RULES])
@@ -404,7 +403,6 @@ async def test_a_day_in_every_class_is_classified_exactly_then_repaired(
     table = cli(own, "reconcile", "--day", str(E2E_DAY))
     assert table.returncode == 0, table.stdout + table.stderr
     assert "unembargoed" in table.stdout and "orphan" in table.stdout and "nothing to do" in table.stdout
-
 
 
 async def _waiting(handle: WorkflowHandle[object, object]) -> bool:

@@ -35,7 +35,6 @@ FAST = Policy(heartbeat_s=5, incomplete_wait_s=300, incomplete_poll_s=2)
 # ---------------------------------------------------------------- recording
 
 
-
 async def _start(
     settings: Settings, client: Client, seeded: SeededExposure
 ) -> WorkflowHandle[object, object]:

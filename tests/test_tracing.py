@@ -26,11 +26,13 @@ from unembargo.client.connection import connect
 from unembargo.client.starter import start_exposures
 from unembargo.client.telemetry import ExposureFields, span_processor, tracer_provider, traces_url
 from unembargo.devstack.seed import SeededExposure, seed_exposure
+from unembargo.models.errors import SourceMismatch
 from unembargo.models.exposure import Exposure, Policy
 from unembargo.models.names import ACTIVITY, STEPS
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect as db_connect
 from unembargo.models.tables import step_queues
+from unembargo.workers.observe import MESSAGE_LIMIT, short_failure
 from unembargo.workers.worker import build_workers
 
 
@@ -166,3 +168,20 @@ def test_spans_reach_an_otlp_collector() -> None:
     finally:
         provider.shutdown()
         server.shutdown()
+
+
+def test_failures_reach_temporal_short_and_under_their_own_name() -> None:
+    """A deep library error must not exceed what the server keeps as a pending activity's last
+    failure; the retry policies still match its class name."""
+    try:
+        try:
+            raise ConnectionError("connection refused " * 500)
+        except ConnectionError as low:
+            raise SourceMismatch("s3://embargo/x.fits reads back short") from low
+    except SourceMismatch as err:
+        failure = short_failure(err)
+    assert failure.type == "SourceMismatch"
+    assert failure.message == "s3://embargo/x.fits reads back short"
+    assert failure.__cause__ is None
+    long = short_failure(ConnectionError("refused " * 1000))
+    assert long.type == "ConnectionError" and len(long.message) < MESSAGE_LIMIT + 100

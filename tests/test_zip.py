@@ -7,7 +7,9 @@ seq_num), so tests are independent.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import shutil
 import threading
@@ -28,7 +30,16 @@ from unembargo.activities import destination
 from unembargo.activities.context import Resources
 from unembargo.activities.headers import METADATA_INDEX, raw_metadata
 from unembargo.activities.s3 import S3Object, SourceChanged, list_folder, read_verified
-from unembargo.activities.zip import BUTLER_INDEX, Folder, Member, ZipActivities, in_order, member_name
+from unembargo.activities.zip import (
+    BUTLER_INDEX,
+    ByteBudget,
+    Folder,
+    Member,
+    WriteBehind,
+    ZipActivities,
+    in_order,
+    member_name,
+)
 from unembargo.devstack import lsstcam
 from unembargo.devstack.butler_repos import GUIDER_RAW
 from unembargo.devstack.lsstcam import DETECTORS, INSTRUMENT
@@ -118,7 +129,8 @@ def zipped(module_settings: Settings, resources: Resources) -> Zipped:
     stale.write_bytes(b"left by a crashed attempt")
     beats: list[object] = []
     receipt = _run(resources, exposure, beats)
-    return Zipped(seeded, exposure, final, stale, receipt, len(beats))
+    # Per-member beats carry a detail; the side thread's periodic ones (every 5 s) do not.
+    return Zipped(seeded, exposure, final, stale, receipt, sum(1 for details in beats if details))
 
 
 # ---------------------------------------------------------------- happy path
@@ -359,3 +371,55 @@ def test_in_order_keeps_order_and_bounds_the_window(window: int, window_bytes: i
             consumed += 1
     assert got == [m.name for m in members]
     assert max(distance) < ahead
+
+
+def test_zips_of_one_process_share_one_byte_budget() -> None:
+    """Two zips drawing on one budget both finish, in order, never holding more than it together."""
+    now = datetime.now(UTC)
+    budget = ByteBudget(100)
+    lists = {z: [Member(f"{z}{i:03d}", S3Object(f"{z}{i}", 30, "", now)) for i in range(40)] for z in "ab"}
+    lists["a"].append(Member("a999", S3Object("huge", 1000, "", now)))
+    lowest = budget.free
+
+    def fetch(member: Member) -> str:
+        nonlocal lowest
+        lowest = min(lowest, budget.free)
+        return member.name
+
+    def drain(zip_name: str, got: list[str]) -> None:
+        fetched = in_order(fetch, lists[zip_name], workers=4, window=8, window_bytes=10_000, budget=budget)
+        got.extend(name for _, name in fetched)
+
+    got: dict[str, list[str]] = {"a": [], "b": []}
+    threads = [threading.Thread(target=drain, args=(z, got[z])) for z in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "the zips waited on each other for ever"
+    assert got == {z: [m.name for m in lists[z]] for z in "ab"}
+    assert lowest >= 0
+    assert budget.free == budget.total
+
+
+def test_write_behind_keeps_order_and_hands_back_write_errors(tmp_path: Path) -> None:
+    """Bytes land in order; a full disk in the side thread surfaces as the same OSError in the writer."""
+    path = tmp_path / "out"
+    with open(path, "wb") as raw, WriteBehind(raw) as behind:
+        for i in range(100):
+            behind.write(f"{i},".encode())
+        behind.flush()
+    assert path.read_bytes() == "".join(f"{i}," for i in range(100)).encode()
+
+    class Full(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as caught, WriteBehind(cast(Any, Full())) as behind:
+        for _ in range(10):
+            behind.write(b"x" * 1000)
+        behind.flush()
+    assert caught.value.errno == errno.ENOSPC

@@ -3,6 +3,11 @@
 The span nests under the workflow's step span (the OpenTelemetry plugin carries the
 context in the activity's headers) and carries instrument, day_obs, obs_id, step and
 the attempt number; every log line of the attempt names the obs_id and step.
+
+A failed attempt is reported to Temporal as its error's type and message only. The
+server keeps a pending activity's last failure only while it is small (a few KB) and
+shows "Failure exceeds size limit." instead, so a deep library traceback (botocore,
+urllib3) would hide the reason from the UI; the full traceback goes to the worker log.
 """
 
 from __future__ import annotations
@@ -12,10 +17,14 @@ from typing import Any
 
 from opentelemetry import trace
 from temporalio import activity
+from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from unembargo.client.telemetry import log_fields
 from unembargo.models import names
+
+# Longest error message reported to Temporal; the rest is in the worker log.
+MESSAGE_LIMIT = 1500
 
 
 class ActivityObserver(Interceptor):
@@ -43,4 +52,19 @@ class _Observed(ActivityInboundInterceptor):
             f"activity:{info.activity_type}", attributes=attributes
         )
         with log_fields(fields), span:
-            return await super().execute_activity(input)
+            try:
+                return await super().execute_activity(input)
+            except FailureError:
+                raise  # already Temporal's own (cancellation, an explicit ApplicationError)
+            except Exception as err:
+                activity.logger.warning("attempt %d failed", info.attempt, exc_info=err)
+                raise short_failure(err) from None
+
+
+def short_failure(err: Exception) -> ApplicationError:
+    """``err`` as a failure of the same type name (retry policies match on it) and message,
+    without its traceback chain."""
+    message = str(err)
+    if len(message) > MESSAGE_LIMIT:
+        message = message[:MESSAGE_LIMIT] + " [cut; the worker log has the rest]"
+    return ApplicationError(message, type=err.__class__.__name__)

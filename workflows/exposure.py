@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         StepState,
         TagReceipt,
         ZipReceipt,
+        check_input,
     )
 
 T = TypeVar("T")
@@ -82,6 +83,7 @@ class ExposureWorkflow:
 
     @workflow.run
     async def run(self, inp: ExposureInput) -> ExposureState:
+        _checked(inp)
         exp = inp.exposure
         self._state.obs_id = exp.obs_id
         workflow.upsert_search_attributes(
@@ -180,6 +182,19 @@ async def _traced(exp: Exposure, step: str, work: Awaitable[T]) -> T:
         receipt = await work
         span.set_attribute("already_done", bool(getattr(receipt, "already_done", False)))
         return receipt
+
+
+def _checked(inp: ExposureInput) -> None:
+    """Fail the run at once, before any step, if a name in its input is unsafe (a start that
+    bypassed ``unembargo start`` can pass anything)."""
+    try:
+        check_input(inp)
+    except names.InvalidName as err:
+        raise ApplicationError(
+            f"{err}; nothing was done. Start the exposure with valid names (`unembargo start`).",
+            type=names.InvalidName.__name__,
+            non_retryable=True,
+        ) from None
 
 
 def _named(err: ActivityError, step: str) -> ApplicationError:
