@@ -156,11 +156,14 @@ class ButlerActivities:
     def _ingest(self, main: Butler, exp: Exposure, zip_path: Path, refs: list[DatasetRef]) -> None:
         """Records from the exported yaml, a record check, then the zip itself."""
         yaml_path = self._res.dest_path(names.yaml_relpath(exp.instrument, exp.day_obs, exp.obs_id))
-        if holds_exposure(main, exp):
-            # A record that differs is refused before any of the yaml's records join it.
+        # A record the main butler holds already is compared before any of the yaml's records
+        # join it (importing never replaces it); one the yaml brings, once it is in.
+        held = holds_exposure(main, exp)
+        if held:
             self._check_exposure_record(main, exp)
         import_records(main, yaml_path, exp)
-        self._check_exposure_record(main, exp)
+        if not held:
+            self._check_exposure_record(main, exp)
         register_dataset_types(main, refs)
         self._res.record(exp, "ingest", "ingest_zip")
         main.ingest_zip(ResourcePath(zip_path), transfer="direct")

@@ -147,15 +147,12 @@ def child_env(settings: Settings) -> dict[str, str]:
     """Environment of a child process that sees ``settings``."""
     from unembargo.devstack.s3 import LOCAL_ENV
 
-    env = {**os.environ, **LOCAL_ENV, "S3_ENDPOINT_URL": str(settings.s3_endpoint_url)}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None or name == "embargo_rules":
-            continue
-        secret = getattr(settings, name)
-        if hasattr(secret, "get_secret_value"):
-            value = secret.get_secret_value()
-        env[f"UNEMBARGO_{name.upper()}"] = str(value)
-    return env
+    return {
+        **os.environ,
+        **LOCAL_ENV,
+        "S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
+        **settings.environment(),
+    }
 
 
 def prepare_variant(settings: Settings) -> list[str]:

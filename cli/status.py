@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +21,7 @@ from unembargo.models.reconcile import WorkflowRun
 from unembargo.models.settings import Settings
 
 console = Console()
+T = TypeVar("T")
 _STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
 Instrument = Annotated[str, typer.Option(help="Instrument name.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -44,14 +46,22 @@ def status(
             day_obs = names.check_day_obs(day)
         except names.InvalidName as err:
             raise typer.BadParameter(str(err), param_hint="--day") from err
-        try:
-            runs = asyncio.run(_day(settings, instrument, day_obs))
-        except PayloadKeyError as err:
-            console.print(f"[red]PayloadKeyError[/red]: {err}", soft_wrap=True)
-            raise typer.Exit(1) from None
-        _print_day(runs, as_json)
+        _print_day(_ask(_day(settings, instrument, day_obs)), as_json)
     else:
         raise typer.BadParameter("give an OBS_ID or --day, not both")
+
+
+def _ask(request: Coroutine[Any, Any, T]) -> T:
+    """Run one request to Temporal; exit 1 saying why if there is no such workflow or its
+    payloads cannot be read with the configured key."""
+    try:
+        return asyncio.run(request)
+    except NoWorkflow as err:
+        console.print(str(err))
+        raise typer.Exit(1) from err
+    except PayloadKeyError as err:
+        console.print(f"[red]PayloadKeyError[/red]: {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _checked_exposure(instrument: str, obs_id: str) -> None:
@@ -64,14 +74,7 @@ def _checked_exposure(instrument: str, obs_id: str) -> None:
 
 def _show_exposure(settings: Settings, instrument: str, obs_id: str, as_json: bool) -> None:
     _checked_exposure(instrument, obs_id)
-    try:
-        found = asyncio.run(_one(settings, instrument, obs_id))
-    except NoWorkflow as err:
-        console.print(str(err))
-        raise typer.Exit(1) from err
-    except PayloadKeyError as err:
-        console.print(f"[red]PayloadKeyError[/red]: {err}", soft_wrap=True)
-        raise typer.Exit(1) from None
+    found = _ask(_one(settings, instrument, obs_id))
     if as_json:
         print(_json(found.as_dict()))
     else:
@@ -183,11 +186,7 @@ def retry(
     """
     settings: Settings = ctx.obj
     _checked_exposure(instrument, obs_id)
-    try:
-        outcome = asyncio.run(_retry(settings, instrument, obs_id, reason))
-    except NoWorkflow as err:
-        console.print(str(err))
-        raise typer.Exit(1) from err
+    outcome = _ask(_retry(settings, instrument, obs_id, reason))
     if as_json:
         print(json.dumps(asdict(outcome), indent=2))
     else:

@@ -176,6 +176,21 @@ class Settings(BaseSettings):
             return self.rucio_password_file.read_text().strip()
         raise RuntimeError("no Rucio password: set UNEMBARGO_RUCIO_PASSWORD or UNEMBARGO_RUCIO_PASSWORD_FILE")
 
+    def environment(self) -> dict[str, str]:
+        """``UNEMBARGO_*`` variables that reproduce these settings in a child process.
+
+        Secrets included: pass them to the child's environment only, never print them.
+        """
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if name == "embargo_rules" or value is None:
+                continue
+            secret = getattr(self, name)
+            if hasattr(secret, "get_secret_value"):
+                value = secret.get_secret_value()
+            env[f"UNEMBARGO_{name.upper()}"] = str(value)
+        return env
+
     def span_exporter(self) -> str:
         """The exporter in force: "console", "otlp" or "none"."""
         if self.otel_exporter == "auto":

@@ -57,17 +57,7 @@ def stack_settings() -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """UNEMBARGO_* variables that reproduce ``settings`` in a child process."""
-    env = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if name == "embargo_rules":
-            continue
-        if value is None:
-            continue
-        secret = getattr(settings, name)
-        if hasattr(secret, "get_secret_value"):
-            value = secret.get_secret_value()
-        env[f"UNEMBARGO_{name.upper()}"] = str(value)
-    return env
+    return settings.environment()
 
 
 def worker_argv(locations: list[str]) -> list[str]:
@@ -118,12 +108,18 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
 
+def location_names(settings: Settings) -> list[str]:
+    """Names of the two locations ``add_locations`` gives isolated settings: destination, Rucio."""
+    tag = settings.rucio_rse.removeprefix("TEST_").lower()
+    return [f"dest-{tag}", f"rucio-{tag}"]
+
+
 def add_locations(settings: Settings, site: str) -> list[str]:
     """Two locations of the settings' own (destination disk, Rucio), so their queues are too."""
-    tag = settings.rucio_rse.removeprefix("TEST_").lower()
+    dest, rucio = location_names(settings)
     rows = [
-        Location(name=f"dest-{tag}", site=site, kind="destination", storage=str(settings.dest_root)),
-        Location(name=f"rucio-{tag}", site=site, kind="rucio", storage=settings.rucio_host),
+        Location(name=dest, site=site, kind="destination", storage=str(settings.dest_root)),
+        Location(name=rucio, site=site, kind="rucio", storage=settings.rucio_host),
     ]
     with Session(connect(settings.database_url.get_secret_value())) as session:
         for row in rows:

@@ -34,7 +34,16 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 import fault_stack
 from conftest import isolate
 from fault_stack import FaultStack
-from support import REPO, WorkerProcess, add_locations, effects, fresh_day, poll_until, start_one
+from support import (
+    REPO,
+    WorkerProcess,
+    add_locations,
+    effects,
+    fresh_day,
+    location_names,
+    poll_until,
+    start_one,
+)
 from unembargo.activities.rucio_client import connect as rucio_connect
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
@@ -118,11 +127,6 @@ def own(fault: FaultStack, tmp_path: Path) -> Settings:
     return settings
 
 
-def _locations(settings: Settings) -> list[str]:
-    tag = settings.rucio_rse.removeprefix("TEST_").lower()
-    return [f"dest-{tag}", f"rucio-{tag}"]
-
-
 class Run:
     """Exposures of one test, its workers, and what the destination showed while it ran."""
 
@@ -143,7 +147,7 @@ class Run:
 
     def worker(self) -> WorkerProcess:
         env = {"S3_ENDPOINT_URL": str(self.settings.s3_endpoint_url)}
-        proc = WorkerProcess(self.settings, _locations(self.settings), env)
+        proc = WorkerProcess(self.settings, location_names(self.settings), env)
         self.workers.append(proc)
         WORKERS.append(proc)
         return proc

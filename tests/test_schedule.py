@@ -15,19 +15,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from support import WorkerProcess, effects, fresh_day, poll_until, settings_env
+from support import WorkerProcess, add_locations, effects, fresh_day, location_names, poll_until, settings_env
 from unembargo.client import schedule
 from unembargo.client.connection import connect
 from unembargo.devstack import lsstcam
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
 from unembargo.models.settings import Settings
-from unembargo.models.tables import Location, upsert_location
-from unembargo.models.tables import connect as db_connect
 from verify import check_unembargoed
 
 INSTRUMENT = "LSSTCam"
@@ -36,19 +33,13 @@ INSTRUMENT = "LSSTCam"
 @pytest.fixture(scope="module")
 def own(module_settings: Settings) -> Settings:
     """The module's settings, with its two locations in its own database."""
-    tag = module_settings.rucio_rse.removeprefix("TEST_").lower()
-    with Session(db_connect(module_settings.database_url.get_secret_value())) as session:
-        upsert_location(session, Location(name=f"dest-{tag}", site="test", kind="destination",
-                                          storage=str(module_settings.dest_root)))  # fmt: skip
-        upsert_location(session, Location(name=f"rucio-{tag}", site="test", kind="rucio",
-                                          storage=module_settings.rucio_host))  # fmt: skip
+    add_locations(module_settings, "test")
     return module_settings.model_copy(update={"otel_exporter": "none"})
 
 
 @pytest.fixture(scope="module")
 def worker(own: Settings) -> Iterator[WorkerProcess]:
-    tag = own.rucio_rse.removeprefix("TEST_").lower()
-    proc = WorkerProcess(own, [f"dest-{tag}", f"rucio-{tag}"])
+    proc = WorkerProcess(own, location_names(own))
     yield proc
     proc.stop()
 
