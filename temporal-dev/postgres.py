@@ -8,9 +8,11 @@ services that need it (Rucio).
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from unembargo.devstack import procs
@@ -72,11 +74,24 @@ def _as_postgres_user(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
+def _data_dir(settings: Settings) -> Path:
+    """Where the private cluster keeps its files: ``<state>/postgres``, unless the server's
+    user cannot reach it (we are root and a parent folder is private to root, as a clone in
+    a ``mktemp -d`` folder is); then a folder of the OS temp dir named after that path."""
+    data = (settings.state_dir / NAME).resolve()
+    data.parent.mkdir(parents=True, exist_ok=True)
+    reachable = subprocess.run(_as_postgres_user(["test", "-x", str(data.parent)])).returncode == 0
+    if os.geteuid() != 0 or reachable:
+        return data
+    digest = hashlib.sha1(str(data).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"unembargo-postgres-{digest}"
+
+
 def ensure(settings: Settings) -> str:
     """Use the configured server if it answers, else init and start a private cluster."""
     if _reachable(url(settings)):
         return "already up" if procs.recorded(settings.state_dir, NAME) else "reused"
-    data = (settings.state_dir / NAME).resolve()
+    data = _data_dir(settings)
     if not (data / "PG_VERSION").exists():
         data.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
