@@ -11,6 +11,7 @@ import glob
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -110,7 +111,9 @@ def ensure(settings: Settings) -> str:
 
 
 def stop(settings: Settings) -> bool:
-    stopped = procs.stop(settings.state_dir, NAME)
+    """Fast shutdown (SIGINT): sessions are ended at once, as a server going down ends them;
+    SIGTERM would wait for every client, and Rucio's pool never lets go."""
+    stopped = procs.stop(settings.state_dir, NAME, first=signal.SIGINT)
     if stopped:
         _url_file(settings).unlink(missing_ok=True)
     return stopped

@@ -98,12 +98,13 @@ def start(
     return rec
 
 
-def stop(state_dir: Path, name: str, timeout: float = 20.0) -> bool:
-    """Stop the recorded process group of ``name``; True if something was stopped."""
+def stop(state_dir: Path, name: str, timeout: float = 20.0, first: signal.Signals = signal.SIGTERM) -> bool:
+    """Stop the recorded process group of ``name`` with ``first``, then SIGKILL after ``timeout``;
+    True if something was stopped."""
     rec = recorded(state_dir, name)
     if rec is None:
         return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig in (first, signal.SIGKILL):
         try:
             os.killpg(rec.pid, sig)
         except ProcessLookupError:

@@ -17,6 +17,9 @@ import threading
 from dataclasses import dataclass, field
 
 from support import PORT_BASE, REPO, STACK_DIR
+from rucio.common.exception import RucioException
+
+from unembargo.activities.rucio_client import connect as rucio_connect
 from unembargo.devstack import postgres, procs, rucio_server, stack
 from unembargo.devstack.rucio_server import RucioPaths, venv_ready
 from unembargo.models.settings import Settings
@@ -160,6 +163,27 @@ class FaultStack:
             rucio_server.ensure(self.settings, postgres.url(self.settings))
         else:
             self.service(name).ensure(self.settings)
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until Rucio answers database-backed calls again.
+
+        After PostgreSQL restarts, each Rucio server process fails one request on its dead
+        pooled connections before it reconnects; a test's own setup must not be that request.
+        """
+        client = rucio_connect(self.settings)
+        answered = 0
+
+        def answers() -> bool:
+            nonlocal answered
+            try:
+                client.list_scopes()
+            except (RucioException, OSError):
+                answered = 0
+                return False
+            answered += 1
+            return answered >= 5
+
+        procs.poll(answers, timeout, "Rucio to answer again after a restart", interval=0.2)
 
     def pid(self, name: str) -> int:
         rec = procs.recorded(self.settings.state_dir, name)

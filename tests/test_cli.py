@@ -25,7 +25,7 @@ def unembargo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
 def test_start_json_then_again_starts_nothing(settings: Settings, worker: WorkerProcess) -> None:
     day = fresh_day()
     seeded = {seed_exposure(settings, day, seq).obs_id for seq in (1, 2)}
-    args = ("start", "--window", "80h", "--lookback", "9000d", "--day", str(day), "--json")
+    args = ("start", "--window", "80h", "--lookback", "10950d", "--day", str(day), "--json")
 
     first = unembargo(settings, *args)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -42,7 +42,7 @@ def test_start_json_then_again_starts_nothing(settings: Settings, worker: Worker
 def test_dry_run_lists_and_starts_nothing(settings: Settings) -> None:
     day = fresh_day()
     obs_id = seed_exposure(settings, day, 1).obs_id
-    out = unembargo(settings, "start", "--window", "0", "--lookback", "9000d", "--day", str(day), "--dry-run")
+    out = unembargo(settings, "start", "--window", "0", "--lookback", "10950d", "--day", str(day), "--dry-run")
     assert out.returncode == 0, out.stderr
     assert obs_id in out.stdout and "would start" in out.stdout
     assert not (settings.dest_root / "LSSTCam" / str(day)).exists()

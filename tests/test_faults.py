@@ -122,6 +122,7 @@ def fault() -> Iterator[FaultStack]:
 @pytest.fixture
 def own(fault: FaultStack, tmp_path: Path) -> Settings:
     """A bucket, repos, destination, scope, RSE, database and namespace of this test's own."""
+    fault.settle()
     settings = isolate(fault.settings, tmp_path)
     add_locations(settings, "fault")
     return settings
@@ -409,7 +410,8 @@ async def _outage(fault: FaultStack, run: Run, service: str, size: Size) -> None
         fault.proxy.refuse()
         run.watch()
     else:
-        steps = {"zip", "export"} if service == "temporal" else {"ingest", "register"}
+        # Stopped before any step that needs it has run, so the outage cannot be missed.
+        steps = {"zip", "export"} if service == "temporal" else {"zip", "export", "ingest"}
         run.watch()
         await poll_until(lambda: run.at_step(steps), timeout=size.timeout_s, what=f"a step in {steps}")
         fault.stop(service)
