@@ -53,15 +53,12 @@ from typing import Any
 from pydantic import SecretStr
 from temporalio.client import Client
 
+from report import REPO, replace_measured, write_results
 from unembargo.models import names
 from unembargo.models.exposure import Exposure
 from unembargo.models.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 DOCS = REPO / "docs" / "performance.md"
-MEASURED_START = "<!-- measured:start -->"
-MEASURED_END = "<!-- measured:end -->"
 
 INSTRUMENT = "LSSTCam"
 DAY_OBS = 20250601
@@ -662,15 +659,6 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(result: dict[str, Any]) -> Path:
-    """The whole result, per exposure too, as JSON under benchmarks/results/."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS / f"pipeline-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2))
-    return path
-
-
 def update_docs(result: dict[str, Any]) -> None:
     """Replace the text between the measured markers of docs/performance.md."""
     machine = result["machine"]
@@ -680,18 +668,14 @@ def update_docs(result: dict[str, Any]) -> None:
         for s in result["shapes"]
     )
     body = (
-        f"{MEASURED_START}\n"
         f"Measured {result['measured_at']} by `{' '.join(['benchmarks/pipeline.py', *result['argv']])}` on "
         f"{machine['cpus']} CPUs, {machine['memory_gib']} GiB (Python {machine['python']}, "
         f"{machine['system']}); load average (1, 5, 15 min) at the start {result['load_average']['start']}, "
         f"at the end {result['load_average']['end']}. Seconds are medians over the exposures.\n\n"
         f"{table(result)}\n\n"
-        f"Copies of the same bytes to the same disk: {copies}.\n"
-        f"{MEASURED_END}"
+        f"Copies of the same bytes to the same disk: {copies}."
     )
-    text = DOCS.read_text()
-    start, end = text.index(MEASURED_START), text.index(MEASURED_END) + len(MEASURED_END)
-    DOCS.write_text(text[:start] + body + text[end:])
+    replace_measured(DOCS, body)
 
 
 def memory_gib() -> float:
@@ -747,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             result["shapes"].append(run_shape(base, label, count, size, variants))
     result["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
     print(table(result))
-    print(f"results: {write_results(result).relative_to(REPO)}")
+    print(f"results: {write_results('pipeline', result).relative_to(REPO)}")
     if not args.no_docs:
         update_docs(result)
         print(f"updated {DOCS.relative_to(REPO)}")

@@ -49,15 +49,12 @@ from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from report import REPO, replace_measured, write_results
 from unembargo.models import names
 from unembargo.models.exposure import Exposure, ExposureInput, StepQueues
 from unembargo.models.settings import EmbargoRule, Settings
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 DOCS = REPO / "docs" / "reconcile.md"
-MEASURED_START = "<!-- measured:start -->"
-MEASURED_END = "<!-- measured:end -->"
 
 DAY_OBS = 20251231
 INSTRUMENT = "LSSTCam"
@@ -491,20 +488,11 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(result: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS / f"reconcile-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2))
-    return path
-
-
 def update_docs(result: dict[str, Any]) -> None:
     """Replace the text between the measured markers of docs/reconcile.md."""
     counts = ", ".join(f"{n} {k}" for k, n in result["expected_counts"].items())
     machine = result["machine"]
     body = (
-        f"{MEASURED_START}\n"
         f"Measured {result['measured_at']} by `benchmarks/reconcile.py` on {machine['cpus']} CPUs "
         f"(Python {machine['python']}), against the local stack: one day of {result['exposures']} exposures "
         f"x {result['objects_per_exposure']} objects ({counts}). Seconds:\n\n"
@@ -512,12 +500,9 @@ def update_docs(result: dict[str, Any]) -> None:
         "With the sources asked at once, each source's time overlaps the others' (and includes waiting for "
         "the CPU), so `total` is close to the slowest source, not the sum. `process wall` adds the "
         "command's start-up (imports, connections). The load column is the machine's 1-minute load "
-        "average when the run began: other work on the same 2 CPUs slows every source.\n"
-        f"{MEASURED_END}"
+        "average when the run began: other work on the same 2 CPUs slows every source."
     )
-    text = DOCS.read_text()
-    start, end = text.index(MEASURED_START), text.index(MEASURED_END) + len(MEASURED_END)
-    DOCS.write_text(text[:start] + body + text[end:])
+    replace_measured(DOCS, body)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -538,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     bench = find_or_seed(base, args.exposures, args.objects, args.fresh)
     result = measure(bench, args.repeat)
     print(table(result))
-    print(f"results: {write_results(result).relative_to(REPO)}")
+    print(f"results: {write_results('reconcile', result).relative_to(REPO)}")
     if not args.no_docs:
         update_docs(result)
         print(f"updated {DOCS.relative_to(REPO)}")

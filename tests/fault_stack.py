@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import threading
 from dataclasses import dataclass, field
 
-from support import PORT_BASE, REPO, STACK_DIR
 from rucio.common.exception import RucioException
 
+from support import PORT_BASE, REPO, STACK_DIR
+from tcp_proxy import TcpProxy
 from unembargo.activities.rucio_client import connect as rucio_connect
 from unembargo.devstack import postgres, procs, rucio_server, stack
 from unembargo.devstack.rucio_server import RucioPaths, venv_ready
@@ -63,73 +62,6 @@ def fault_settings() -> Settings:
 def moto_settings(settings: Settings) -> Settings:
     """The same settings with S3 at moto itself (to start it, behind the proxy)."""
     return settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{port_base() + PORTS['moto']}"})
-
-
-class TcpProxy:
-    """A loopback TCP proxy that can refuse every connection for an outage, then resume."""
-
-    def __init__(self, port: int, upstream: int) -> None:
-        self.port = port
-        self.upstream = upstream
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._listener: socket.socket | None = None
-        self.refused = 0
-
-    def start(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def refuse(self) -> None:
-        """Stop listening (new connections are refused) and cut every open one."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-        with self._lock:
-            for sock in self._open:
-                _close(sock)
-            self._open.clear()
-
-    def resume(self) -> None:
-        self.start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # closed by refuse()
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
-            except OSError:
-                _close(client)
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._open |= {client, upstream}
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._open -= {src, dst}
-            _close(src)
-            _close(dst)
-
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
 
 def share_rucio_venv(settings: Settings) -> None:
@@ -203,7 +135,7 @@ def up() -> FaultStack:
     # A fresh Temporal state per run: it is kept across the restart a test injects, not across runs.
     for stale in FAULT_DIR.glob("temporal.db*"):
         stale.unlink()
-    proxy = TcpProxy(base + PORTS["proxy"], base + PORTS["moto"])
+    proxy = TcpProxy(("127.0.0.1", base + PORTS["moto"]), base + PORTS["proxy"])
     proxy.start()
     fault = FaultStack(settings, proxy)
     try:

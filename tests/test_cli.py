@@ -11,6 +11,9 @@ from support import WorkerProcess, fresh_day, settings_env
 from unembargo.devstack.seed import seed_exposure
 from unembargo.models.settings import Settings
 
+# Back past every day fresh_day() gives (2000-2019): 30 years.
+LOOKBACK = "10950d"
+
 
 def unembargo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -25,7 +28,7 @@ def unembargo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
 def test_start_json_then_again_starts_nothing(settings: Settings, worker: WorkerProcess) -> None:
     day = fresh_day()
     seeded = {seed_exposure(settings, day, seq).obs_id for seq in (1, 2)}
-    args = ("start", "--window", "80h", "--lookback", "10950d", "--day", str(day), "--json")
+    args = ("start", "--window", "80h", "--lookback", LOOKBACK, "--day", str(day), "--json")
 
     first = unembargo(settings, *args)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -42,7 +45,9 @@ def test_start_json_then_again_starts_nothing(settings: Settings, worker: Worker
 def test_dry_run_lists_and_starts_nothing(settings: Settings) -> None:
     day = fresh_day()
     obs_id = seed_exposure(settings, day, 1).obs_id
-    out = unembargo(settings, "start", "--window", "0", "--lookback", "10950d", "--day", str(day), "--dry-run")
+    out = unembargo(
+        settings, "start", "--window", "0", "--lookback", LOOKBACK, "--day", str(day), "--dry-run"
+    )
     assert out.returncode == 0, out.stderr
     assert obs_id in out.stdout and "would start" in out.stdout
     assert not (settings.dest_root / "LSSTCam" / str(day)).exists()

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import socket
-import socketserver
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ from rucio.common.exception import DataIdentifierNotFound
 from sqlmodel import Session, select
 from temporalio.testing import ActivityEnvironment
 
+from tcp_proxy import TcpProxy
 from unembargo.activities.context import Resources
 from unembargo.activities.destination import receipt
 from unembargo.activities.rucio import RucioActivities
@@ -342,93 +340,29 @@ def test_tag_leaves_another_backup_value_alone(
     assert is_open(rucio, scope, case.obs)
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    # Rebind the same port after a cut; never wait for relay threads at exit.
-    allow_reuse_address = True
-    daemon_threads = True
-
-
-class Relay:
-    """A loopback TCP relay to the Rucio server: cut() stages an outage, restore() ends it."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self._server: _Server | None = None
-        self._conns: list[socket.socket] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def restore(self) -> None:
-        relay = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                upstream = socket.create_connection(relay.target)
-                relay._conns += [self.request, upstream]
-                back = threading.Thread(target=_pipe, args=(upstream, self.request), daemon=True)
-                back.start()
-                _pipe(self.request, upstream)
-                back.join()
-
-        server = _Server(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self._server = server
-
-    def cut(self) -> None:
-        assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
-        for conn in self._conns:
-            _close(conn)
-        self._conns.clear()
-
-
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        _close(dst)
-
-
-def _close(conn: socket.socket) -> None:
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    conn.close()
-
-
 @pytest.fixture
-def relay(module_settings: Settings) -> Iterator[Relay]:
-    relay = Relay(host_port(module_settings.rucio_host))
-    relay.restore()
+def relay(module_settings: Settings) -> Iterator[TcpProxy]:
+    """A proxy to the Rucio server: refuse() stages an outage, resume() ends it."""
+    relay = TcpProxy(host_port(module_settings.rucio_host))
+    relay.start()
     yield relay
-    if relay._server is not None:
-        relay.cut()
+    relay.refuse()
 
 
 def test_outage_is_an_ordinary_error_and_the_retry_completes(
-    module_settings: Settings, relay: Relay, rucio: Client, case: Case
+    module_settings: Settings, relay: TcpProxy, rucio: Client, case: Case
 ) -> None:
     """Connection refused propagates as a retryable error; after the outage all is done."""
     resources = Resources(module_settings.model_copy(update={"rucio_host": relay.url}))
     acts = RucioActivities(resources)
     resources.rucio()  # authenticated while the server is reachable
-    relay.cut()
+    relay.refuse()
 
     with pytest.raises(Exception) as failed:
         run(acts.register_in_rucio, case.register([21]))
     assert not isinstance(failed.value, BadInput)
     assert type(failed.value).__name__ not in NON_RETRYABLE
 
-    relay.restore()
+    relay.resume()
     assert not run(acts.register_in_rucio, case.register([21])).already_done
     assert content(rucio, module_settings.rucio_scope, case.obs) == set(case.files)
