@@ -55,11 +55,6 @@ def stack_settings() -> Settings:
     )
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """UNEMBARGO_* variables that reproduce ``settings`` in a child process."""
-    return settings.environment()
-
-
 def worker_argv(locations: list[str]) -> list[str]:
     """Command line of a worker serving ``locations`` and the workflow queue."""
     argv = [sys.executable, "-m", "unembargo.cli.app", "worker"]
@@ -82,7 +77,7 @@ class WorkerProcess:
         self.log = log
         self.proc = subprocess.Popen(
             argv or worker_argv(locations),
-            env={**os.environ, **settings_env(settings), **(env or {})},
+            env={**os.environ, **settings.environment(), **(env or {})},
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from support import WorkerProcess, fresh_day, settings_env
+from support import WorkerProcess, fresh_day
 from unembargo.devstack.seed import seed_exposure
 from unembargo.models.settings import Settings
 
@@ -18,7 +18,7 @@ LOOKBACK = "10950d"
 def unembargo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "unembargo.cli.app", *args],
-        env={**os.environ, **settings_env(settings), "COLUMNS": "200"},
+        env={**os.environ, **settings.environment(), "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=600,

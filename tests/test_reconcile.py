@@ -21,7 +21,7 @@ import pytest
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
-from support import WorkerProcess, plant_foreign_zip, poll_until, settings_env, start_one
+from support import WorkerProcess, plant_foreign_zip, poll_until, start_one
 from unembargo.client.reconcile import ReconcileRequest, Reconciliation, classify, judge, reconcile_day
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
@@ -321,7 +321,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     rules = json.dumps([{"where": r.where, "period": r.period.total_seconds()} for r in RULES])
     return subprocess.run(
         [sys.executable, "-m", "unembargo.cli.app", *args],
-        env={**os.environ, **settings_env(settings), "UNEMBARGO_EMBARGO_RULES": rules},
+        env={**os.environ, **settings.environment(), "UNEMBARGO_EMBARGO_RULES": rules},
         capture_output=True,
         text=True,
         timeout=600,

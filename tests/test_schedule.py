@@ -18,7 +18,7 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from support import WorkerProcess, add_locations, effects, fresh_day, location_names, poll_until, settings_env
+from support import WorkerProcess, add_locations, effects, fresh_day, location_names, poll_until
 from unembargo.client import schedule
 from unembargo.client.connection import connect
 from unembargo.devstack import lsstcam
@@ -48,7 +48,7 @@ def cli(settings: Settings, *args: str) -> str:
     """Run ``unembargo schedule ARGS`` as an operator would; its stdout."""
     done = subprocess.run(
         [sys.executable, "-m", "unembargo.cli.app", "schedule", *args],
-        env={**os.environ, **settings_env(settings)},
+        env={**os.environ, **settings.environment()},
         capture_output=True,
         text=True,
         timeout=120,

@@ -36,7 +36,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from support import WorkerProcess, fresh_day, plant_foreign_zip, poll_until, settings_env, start_one
+from support import WorkerProcess, fresh_day, plant_foreign_zip, poll_until, start_one
 from unembargo.activities.context import Resources
 from unembargo.activities.zip import Folder, member_name
 from unembargo.client.codec import ENCODING, PayloadCodecAES, PayloadKeyError, new_key, read_key
@@ -258,7 +258,7 @@ def _cli(
     settings: Settings, *args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     """``unembargo ARGS`` in a child process with ``settings`` (less ``unset`` variables); its output."""
-    full = {**os.environ, **settings_env(settings), **(env or {}), "COLUMNS": "400"}
+    full = {**os.environ, **settings.environment(), **(env or {}), "COLUMNS": "400"}
     return subprocess.run(
         [sys.executable, "-m", "unembargo.cli.app", *args],
         env={k: v for k, v in full.items() if k not in unset},

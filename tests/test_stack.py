@@ -18,7 +18,7 @@ from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from support import STACK_DIR, settings_env
+from support import STACK_DIR
 from unembargo.devstack import postgres, procs, stack
 from unembargo.models.settings import Settings, host_port
 
@@ -99,7 +99,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(
         database_url=f"sqlite:///{tmp_path / 'state' / 'db.sqlite'}",
         workflow_task_queue=f"wf-{uuid.uuid4().hex[:8]}",
     )
-    env = settings_env(own)
+    env = own.environment()
     # Whatever fails below, this stack must not outlive the test (a no-op after `dev down`).
     request.addfinalizer(partial(stack.down, own))
     first = _cli(env, "up")

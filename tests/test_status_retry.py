@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 from temporalio.client import Client, WorkflowHandle
 
-from support import WorkerProcess, effects, fresh_day, plant_foreign_zip, poll_until, settings_env, start_one
+from support import WorkerProcess, effects, fresh_day, plant_foreign_zip, poll_until, start_one
 from unembargo.client.retry import retry_exposure
 from unembargo.client.status import ExposureStatus, exposure_status
 from unembargo.devstack.seed import SeededExposure, seed_exposure
@@ -54,7 +54,7 @@ def cli(settings: Settings, *args: str) -> tuple[int, str]:
     """Run ``unembargo ARGS`` as an operator would; exit code and stdout."""
     done = subprocess.run(
         [sys.executable, "-m", "unembargo.cli.app", *args],
-        env={**os.environ, **settings_env(settings), "UNEMBARGO_OTEL_EXPORTER": "none"},
+        env={**os.environ, **settings.environment(), "UNEMBARGO_OTEL_EXPORTER": "none"},
         capture_output=True,
         text=True,
         timeout=120,
