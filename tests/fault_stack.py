@@ -14,11 +14,8 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from rucio.common.exception import RucioException
-
 from support import PORT_BASE, REPO, STACK_DIR
 from tcp_proxy import TcpProxy
-from unembargo.activities.rucio_client import connect as rucio_connect
 from unembargo.devstack import postgres, procs, rucio_server, stack
 from unembargo.devstack.rucio_server import RucioPaths, venv_ready
 from unembargo.models.settings import Settings
@@ -90,32 +87,19 @@ class FaultStack:
         assert self.service(name).stop(self.settings), f"{name} was not running"
 
     def start(self, name: str) -> None:
-        """Start one service again on the same state (Temporal's file, PostgreSQL's cluster)."""
+        """Start one service again on the same state (Temporal's file, PostgreSQL's cluster).
+
+        After PostgreSQL, Rucio is restarted too: its pooled connections died with the server,
+        and each Rucio process would fail one request on them, whoever sent it (a later
+        step, the tests' own checks, the next test's setup).
+        """
         if name == "rucio":
             rucio_server.ensure(self.settings, postgres.url(self.settings))
-        else:
-            self.service(name).ensure(self.settings)
-
-    def settle(self, timeout: float = 60.0) -> None:
-        """Wait until Rucio answers database-backed calls again.
-
-        After PostgreSQL restarts, each Rucio server process fails one request on its dead
-        pooled connections before it reconnects; a test's own setup must not be that request.
-        """
-        client = rucio_connect(self.settings)
-        answered = 0
-
-        def answers() -> bool:
-            nonlocal answered
-            try:
-                client.list_scopes()
-            except (RucioException, OSError):
-                answered = 0
-                return False
-            answered += 1
-            return answered >= 5
-
-        procs.poll(answers, timeout, "Rucio to answer again after a restart", interval=0.2)
+            return
+        self.service(name).ensure(self.settings)
+        if name == "postgres":
+            self.stop("rucio")
+            self.start("rucio")
 
     def pid(self, name: str) -> int:
         rec = procs.recorded(self.settings.state_dir, name)

@@ -122,7 +122,6 @@ def fault() -> Iterator[FaultStack]:
 @pytest.fixture
 def own(fault: FaultStack, tmp_path: Path) -> Settings:
     """A bucket, repos, destination, scope, RSE, database and namespace of this test's own."""
-    fault.settle()
     settings = isolate(fault.settings, tmp_path)
     add_locations(settings, "fault")
     return settings
