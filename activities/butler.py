@@ -35,7 +35,7 @@ from lsst.resources import ResourcePath
 from temporalio import activity
 from temporalio.exceptions import CancelledError
 
-from unembargo.activities import destination
+from unembargo.activities import destination, libyaml
 from unembargo.activities.context import Resources, checkpoint, heartbeating
 from unembargo.models import names
 from unembargo.models.errors import (
@@ -75,6 +75,10 @@ _SHOWN = 5
 
 # Dataset types of an exposure's raws; guider_raw only where the registry has it.
 RAW_TYPES = ("raw", "guider_raw")
+
+# The yaml is written, read back into an empty repo and imported into the main butler:
+# through libyaml, each several times faster than PyYAML's pure-Python code.
+libyaml.use_for_butler_transfers()
 
 
 class ButlerActivities:

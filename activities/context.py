@@ -46,14 +46,23 @@ class Resources:
 
     @cached_property
     def s3(self) -> Any:
-        """A boto3 S3 client (thread-safe) for the embargo bucket's endpoint."""
+        """A boto3 S3 client (thread-safe) for the embargo bucket's endpoint.
+
+        It checks a read's body against S3's own checksum only when asked to
+        (``ChecksumMode``): reads whose md5 is checked against the listing need no
+        second pass over their bytes.
+        """
         import boto3
         from botocore.config import Config
 
         return boto3.client(
             "s3",
             endpoint_url=self.settings.s3_endpoint_url,
-            config=Config(max_pool_connections=32, retries={"max_attempts": 5, "mode": "standard"}),
+            config=Config(
+                max_pool_connections=32,
+                retries={"max_attempts": 5, "mode": "standard"},
+                response_checksum_validation="when_required",
+            ),
         )
 
     def _butler(self, attr: str, repo: str, writeable: bool) -> Butler:

@@ -105,8 +105,11 @@ def read_verified(client: S3Client, bucket: str, obj: S3Object) -> bytes:
 
 
 def _get(client: S3Client, bucket: str, obj: S3Object) -> bytes:
+    # Without an md5 to check (a multipart ETag), S3's own checksum of the body, where
+    # the object has one; with it, the md5 alone.
+    checksum = {} if obj.md5 is not None else {"ChecksumMode": "ENABLED"}
     try:
-        response = client.get_object(Bucket=bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+        response = client.get_object(Bucket=bucket, Key=obj.key, IfMatch=f'"{obj.etag}"', **checksum)
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
         if code in ("PreconditionFailed", "412", "NoSuchKey"):

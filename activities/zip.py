@@ -221,6 +221,7 @@ class ZipActivities:
         """Butler index first, then the members in name order, then the header index."""
         s3 = self.resources.s3
         headers: dict[str, dict[str, Any]] = {}
+        progress = Progress()
         with zipfile.ZipFile(out, "w") as zf:
             _add(zf, BUTLER_INDEX, index.model_dump_json().encode(), stamp)
             fetched = in_order(lambda m: _fetch(s3, bucket, m), members)
@@ -231,7 +232,7 @@ class ZipActivities:
                         headers[member.name] = header
                     if done == 1:
                         checkpoint("zip", "acting")
-                    _beat(f"{done}/{len(members)} members written")
+                    progress.beat(f"{done}/{len(members)} members written")
             _add(zf, METADATA_INDEX, metadata_index(headers), stamp)
 
 
@@ -402,10 +403,11 @@ def _verify_open(zf: zipfile.ZipFile, expected: Mapping[str, S3Object], exp: Exp
     if missing_indexes:
         return ZipCheck(missing_indexes, len(infos), 0)
     differences = _name_differences([info.filename for info in infos], expected)
-    for name, info in sorted(by_name.items()):
+    progress = Progress()
+    for done, (name, info) in enumerate(sorted(by_name.items()), start=1):
         if name not in INDEX_NAMES:
             differences += _member_differences(zf, info, expected.get(name))
-            _beat("verifying the existing zip")
+            progress.beat(f"{done}/{len(infos)} members of the existing zip verified")
     index = ZipIndex.from_open_zip(zf)
     differences += [f"{name} indexed but absent" for name in index.artifact_map if name not in by_name]
     differences += _index_differences(index, exp)
@@ -583,9 +585,21 @@ def _add(zf: zipfile.ZipFile, name: str, data: bytes, when: datetime) -> None:
     zf.writestr(info, data)
 
 
-def _beat(detail: str) -> None:
-    if activity.in_activity():
-        activity.heartbeat(detail)
+class Progress:
+    """Progress heartbeats, at most one every ``every`` seconds: each one is a trip
+    through the worker's event loop and payload converter, and a zip of small
+    objects writes hundreds of members a second. (Liveness does not depend on
+    them: ``heartbeating`` beats from a side thread.)"""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self._every = every
+        self._next = 0.0
+
+    def beat(self, detail: str) -> None:
+        now = time.monotonic()
+        if now >= self._next and activity.in_activity():
+            self._next = now + self._every
+            activity.heartbeat(detail)
 
 
 def _names(items: list[str]) -> str:

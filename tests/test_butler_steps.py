@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lsst.daf.butler import (
     Butler,
     DataCoordinate,
@@ -29,13 +30,14 @@ from lsst.daf.butler import (
     MissingDatasetTypeError,
 )
 from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import ZipIndex
+from lsst.daf.butler.transfers import _yaml as butler_yaml
 from lsst.resources import ResourcePath
 from pydantic import SecretStr
 from sqlmodel import Session, func, select
 from temporalio.testing import ActivityEnvironment
 
 from unembargo.activities import destination
-from unembargo.activities.butler import ButlerActivities
+from unembargo.activities.butler import ButlerActivities, collect_records, write_yaml, yaml_problems
 from unembargo.activities.context import Resources
 from unembargo.activities.selection import select_exposures
 from unembargo.activities.zip import ZipActivities
@@ -266,6 +268,36 @@ def test_existing_yaml_that_does_not_import_is_a_destination_conflict(steps: Ste
     with pytest.raises(DestinationConflict, match="does not import into an empty repo"):
         steps.export()
     assert path.read_text() == "not: a butler export\n"
+
+
+def test_export_yaml_written_by_libyaml_reads_back_the_same_with_stock_pyyaml(
+    steps: Steps, embargo: Embargo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Others read the yaml with stock daf_butler (pure-Python PyYAML): same records."""
+    steps.export()
+    ours = steps.yaml_path()
+    stock = tmp_path / "stock.yaml"
+    monkeypatch.setattr(butler_yaml, "yaml", yaml)
+    with Butler.from_config(embargo.settings.embargo_butler) as source:
+        records = collect_records(source, steps.exposure)
+        write_yaml(source, records, stock)
+        assert yaml_problems(ours, records, source.dimensions) == []
+    # Written by the other emitter: the step really went through libyaml.
+    assert ours.read_bytes() != stock.read_bytes()
+
+
+def test_existing_yaml_written_by_stock_pyyaml_is_already_done(
+    steps: Steps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A yaml installed by a version without libyaml is this exposure's: not redone."""
+    with monkeypatch.context() as stock:
+        stock.setattr(butler_yaml, "yaml", yaml)
+        first = steps.export()
+    content = steps.yaml_path().read_bytes()
+    second = steps.export()
+    assert second.already_done and second.file == first.file
+    assert steps.yaml_path().read_bytes() == content
+    assert steps.effects("export", "install") == 1
 
 
 def test_exposures_without_tracts_report_none(steps: Steps, embargo: Embargo) -> None:

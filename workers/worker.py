@@ -27,6 +27,7 @@ from unembargo.activities.zip import ZipActivities
 from unembargo.models.names import SELECT_LOCATION_KIND, STEP_LOCATION_KIND, location_queue
 from unembargo.models.settings import Settings
 from unembargo.models.tables import get_location
+from unembargo.workers.memory import map_large_buffers
 from unembargo.workers.observe import ActivityObserver
 from unembargo.workflows.exposure import ExposureWorkflow
 from unembargo.workflows.select import SelectAndStartWorkflow
@@ -101,6 +102,8 @@ async def run(
     client: Client, settings: Settings, locations: Sequence[str], serve_workflows: bool = True
 ) -> None:
     """Serve until cancelled (Ctrl-C / SIGTERM)."""
+    if not map_large_buffers():
+        log.info("malloc's mmap threshold is not settable here; large objects may stay resident")
     workers = build_workers(client, settings, locations, serve_workflows)
     log.info("serving %s", ", ".join(w.task_queue for w in workers))
     await asyncio.gather(*(w.run() for w in workers))
