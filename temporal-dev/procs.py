@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,6 +21,10 @@ from pathlib import Path
 # Handles of the children this process started: dropping a running Popen warns
 # (ResourceWarning), and keeping it lets ``stop`` reap the child (no zombie).
 _children: dict[int, subprocess.Popen[bytes]] = {}
+
+# Linux's default ip_local_port_range starts here: outgoing connections and bind(0) take
+# ports at and above it.
+EPHEMERAL_START = 32768
 
 
 class StackError(RuntimeError):
@@ -127,11 +132,28 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now."""
+def free_ports(count: int = 1, host: str = "127.0.0.1") -> list[int]:
+    """``count`` consecutive TCP ports nothing holds now, below Linux's ephemeral range.
+
+    A port from the ephemeral range (where ``bind(0)`` picks) can be taken before the
+    service meant for it binds: Temporal's dev server alone binds five random ones there.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        start = rng.randrange(20000, EPHEMERAL_START - count)
+        block = list(range(start, start + count))
+        if all(_bindable(host, port) for port in block):
+            return block
+    raise StackError(f"no {count} consecutive free ports on {host} below {EPHEMERAL_START}")
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def poll(

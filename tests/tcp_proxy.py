@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from unembargo.devstack.procs import free_port
+from unembargo.devstack.procs import free_ports
 
 
 class TcpProxy:
@@ -15,7 +15,7 @@ class TcpProxy:
 
     def __init__(self, upstream: tuple[str, int], port: int = 0) -> None:
         self.upstream = upstream
-        self.port = port or free_port()
+        self.port = port or free_ports()[0]
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None

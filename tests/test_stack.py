@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -79,6 +80,16 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_free_ports_lie_below_the_ephemeral_range_and_can_be_listened_on() -> None:
+    """Ports for a second stack: none where Temporal's own random ports could land first."""
+    ports = procs.free_ports(4)
+    assert ports == list(range(ports[0], ports[0] + 4))
+    assert ports[-1] < procs.EPHEMERAL_START
+    listeners = [socket.create_server(("127.0.0.1", port)) for port in ports]
+    for listener in listeners:
+        listener.close()
+
+
 def test_up_is_idempotent_and_down_leaves_nothing(
     stack_up: Settings, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -87,7 +98,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(
     (tmp_path / "state" / "rucio").mkdir(parents=True)
     # Share the session stack's Rucio venv: the pip install is not what this test is about.
     (tmp_path / "state" / "rucio" / "venv").symlink_to(rucio_venv)
-    ports = {name: procs.free_port() for name in ("temporal", "ui", "s3", "rucio")}
+    ports = dict(zip(("temporal", "ui", "s3", "rucio"), procs.free_ports(4), strict=True))
     own = Settings(
         state_dir=tmp_path / "state",
         temporal_address=f"127.0.0.1:{ports['temporal']}",
