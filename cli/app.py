@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from unembargo.cli import dev, reconcile, schedule, start, status, workers
+from unembargo.client.errors import SourceUnavailable, TemporalUnreachable
 from unembargo.models.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Move raw exposures out of embargo, durably.")
@@ -50,6 +51,13 @@ def main() -> None:
         code: int | str | None = 0
     except SystemExit as done:
         code = done.code
+    except (SourceUnavailable, TemporalUnreachable) as err:
+        # What the command needs is not there: say which, with no traceback (--verbose: logged).
+        logging.getLogger(__name__).debug("stopped", exc_info=err)
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        if isinstance(err, TemporalUnreachable):
+            print("`unembargo dev up` starts the local stack's", file=sys.stderr)
+        code = 2
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Annotated
 
 import typer
@@ -18,7 +17,6 @@ from unembargo.client.reconcile import (
     ReconcileRequest,
     ReconcileResult,
     Reconciliation,
-    SourceUnavailable,
     reconcile_day,
     repair,
     run_reconcile,
@@ -29,7 +27,6 @@ from unembargo.models.reconcile import CLASSES, NEEDS_ACTION, SOURCES, Verdict
 from unembargo.models.settings import Settings
 
 console = Console()
-log = logging.getLogger(__name__)
 
 _STYLE = {
     "unembargoed": "green",
@@ -68,16 +65,12 @@ def reconcile(
         request = ReconcileRequest(check_day_obs(day), check_name("instrument", instrument))
     except InvalidName as err:
         raise typer.BadParameter(str(err)) from err
-    try:
-        if as_json:
-            result = asyncio.run(run_reconcile(settings, request, do_repair))
-            print(json.dumps(result.as_dict(), indent=2, default=str))
-        else:
-            result = asyncio.run(_interactive(settings, request, do_repair))
-    except SourceUnavailable as err:
-        log.debug("reconcile failed", exc_info=err)
-        console.print(f"[red]reconcile failed[/red]: {err}")
-        raise typer.Exit(2) from None
+    # A source that cannot be read is SourceUnavailable: the command line names it (exit 2).
+    if as_json:
+        result = asyncio.run(run_reconcile(settings, request, do_repair))
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        result = asyncio.run(_interactive(settings, request, do_repair))
     raise typer.Exit(0 if result.ok else 1)
 
 

@@ -38,7 +38,8 @@ def worker(
     root.setLevel(min(root.level, logging.INFO))
 
     async def main() -> None:
-        await run(await temporal_connect(settings), settings, location, workflows)
+        # Started before its Temporal server (a reboot, a stack coming up): wait for it.
+        await run(await temporal_connect(settings, wait=True), settings, location, workflows)
 
     console.print(f"serving {', '.join(location_queue(n) for n in location)}; Ctrl-C to stop")
     try:

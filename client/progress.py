@@ -108,8 +108,11 @@ async def _run(client: Client, execution: WorkflowExecution) -> WorkflowRun:
 
 
 async def _with_pending(client: Client, run: WorkflowRun, run_id: str) -> WorkflowRun:
-    """``run`` with its (first) pending activity: which, which attempt, its last failure."""
+    """``run`` with its step as the run itself has it now (the visibility store's copy, which
+    listed it, can lag behind) and its first pending activity: which, which attempt, its last
+    failure."""
     desc = await client.get_workflow_handle(run.workflow_id, run_id=run_id).describe()
+    run = replace(run, step=desc.typed_search_attributes.get(SA_STEP) or run.step)
     pending = desc.raw_description.pending_activities
     if not pending:
         return run

@@ -25,6 +25,7 @@ from sqlmodel import Session
 from temporalio.client import Client
 
 from unembargo.client.connection import connect
+from unembargo.client.errors import SourceUnavailable
 from unembargo.client.progress import Progress, day_runs, watch
 from unembargo.client.run import settings_policy
 from unembargo.client.starter import StartOutcome, start_exposures
@@ -63,14 +64,6 @@ class ReconcileRequest:
     # Ask the sources one after another: slower, but each source's time is its own
     # (the benchmark's split); by default they are asked at once.
     sequential: bool = False
-
-
-class SourceUnavailable(RuntimeError):
-    """A source could not be read; the day cannot be judged without it."""
-
-    def __init__(self, source: str, err: BaseException) -> None:
-        super().__init__(f"could not read {source}: {type(err).__name__}: {err}")
-        self.source = source
 
 
 # ---------------------------------------------------------------- inventory

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlmodel import Session
 
 from unembargo.client.connection import connect
+from unembargo.client.errors import SourceUnavailable
 from unembargo.client.progress import Progress, watch
 from unembargo.client.starter import StartOutcome, start_exposures
 from unembargo.models.exposure import Exposure, Policy
@@ -77,7 +78,10 @@ def select(settings: Settings, request: StartRequest, now: datetime | None = Non
 
     from unembargo.activities.selection import select_exposures
 
-    butler = Butler.from_config(settings.embargo_butler, writeable=False)
+    try:
+        butler = Butler.from_config(settings.embargo_butler, writeable=False)
+    except Exception as err:
+        raise SourceUnavailable("the embargo butler", err) from err
     return select_exposures(
         butler,
         instrument=request.instrument,

@@ -5,6 +5,7 @@ State lives in ``<state>/temporal.db`` so workflows survive a restart of the sta
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 import urllib.request
@@ -20,6 +21,8 @@ from unembargo.models.settings import Settings, host_port
 NAME = "temporal"
 # How long closed workflows stay visible in namespaces this module registers.
 RETENTION = Duration(seconds=7 * 24 * 3600)
+# The frontend remembers a namespace it did not find for up to this long (measured: ~1 s).
+NAMESPACE_CACHE_SECONDS = 15.0
 
 
 def binary() -> Path:
@@ -91,9 +94,18 @@ async def ensure_namespace(client: Client, namespace: str) -> None:
     except RPCError as err:
         if err.status != RPCStatusCode.ALREADY_EXISTS:
             raise
-    existing = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=namespace)
-    )
+    # Someone else may have looked it up before (a worker waiting for it): outwait that cache.
+    deadline = asyncio.get_running_loop().time() + NAMESPACE_CACHE_SECONDS
+    while True:
+        try:
+            existing = await client.operator_service.list_search_attributes(
+                ListSearchAttributesRequest(namespace=namespace)
+            )
+            break
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.2)
     missing = {
         key: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
         for key, kind in SEARCH_ATTRIBUTES.items()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import uuid
+from functools import partial
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
 
 from support import WorkerProcess, fresh_day
+from unembargo.devstack import procs, temporal
 from unembargo.devstack.seed import seed_exposure
 from unembargo.models.settings import Settings
 
@@ -69,3 +77,80 @@ def test_locations_add_and_list(settings: Settings) -> None:
     assert "summit-disk" in listing.stdout and "unembargo-loc-summit-disk" in listing.stdout
     bad = unembargo(settings, "locations", "add", "../x", "--site", "s", "--kind", "rucio", "--storage", "x")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "MC_O_20251231_000001"),
+        ("schedule", "list"),
+        ("retry", "MC_O_20251231_000001", "--reason", "test"),
+        ("reconcile", "--day", "20251231", "--json"),
+    ],
+)
+def test_temporal_down_is_a_named_error_not_a_traceback(settings: Settings, args: tuple[str, ...]) -> None:
+    address = f"127.0.0.1:{procs.free_ports()[0]}"
+    out = unembargo(settings.model_copy(update={"temporal_address": address}), *args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"TemporalUnreachable: cannot reach Temporal at {address}" in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_an_embargo_butler_that_cannot_be_opened_is_a_named_error(settings: Settings, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-repo"
+    out = unembargo(settings.model_copy(update={"embargo_butler": str(missing)}), "start", "--window", "80h")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "SourceUnavailable: could not read the embargo butler" in out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def _run_one_exposure(settings: Settings, worker: WorkerProcess) -> None:
+    """Seed one exposure, `start` it, and see the worker complete it."""
+    day = fresh_day()
+    obs_id = seed_exposure(settings, day, 1).obs_id
+    args = ("start", "--window", "80h", "--lookback", LOOKBACK, "--day", str(day), "--json")
+    out = unembargo(settings, *args)
+    assert out.returncode == 0, out.stdout + out.stderr + worker.output()
+    [exposure] = json.loads(out.stdout)["exposures"]
+    assert (exposure["obs_id"], exposure["final"]["status"]) == (obs_id, "completed")
+
+
+def _retries(worker: WorkerProcess, count: int) -> bool:
+    return worker.output().count("trying again in") >= count
+
+
+def test_a_worker_started_before_temporal_waits_for_it_then_runs_exposures(
+    settings: Settings, locations: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A reboot or a stack coming up starts workers first: they must not exit."""
+    frontend, ui = procs.free_ports(2)
+    own = settings.model_copy(
+        update={
+            "state_dir": tmp_path / "temporal",
+            "temporal_address": f"127.0.0.1:{frontend}",
+            "temporal_ui_url": f"http://127.0.0.1:{ui}",
+        }
+    )
+    worker = WorkerProcess(own, locations)
+    request.addfinalizer(worker.stop)
+    request.addfinalizer(partial(temporal.stop, own))
+    procs.poll(partial(_retries, worker, 2), 60, "the worker's second retry")
+    assert worker.alive(), worker.output()
+    assert f"cannot reach Temporal at {own.temporal_address}: Connection refused" in worker.output()
+
+    temporal.ensure(own)  # the dev server, with the namespace and search attributes
+    _run_one_exposure(own, worker)
+
+
+async def test_a_worker_waits_for_its_namespace_to_be_registered(
+    settings: Settings, locations: list[str], request: pytest.FixtureRequest
+) -> None:
+    own = settings.model_copy(update={"temporal_namespace": f"late-{uuid.uuid4().hex[:8]}"})
+    worker = WorkerProcess(own, locations)
+    request.addfinalizer(worker.stop)
+    procs.poll(partial(_retries, worker, 2), 60, "the worker's second retry")
+    assert worker.alive(), worker.output()
+    assert f"has no namespace '{own.temporal_namespace}'" in worker.output()
+
+    await temporal.ensure_namespace(await Client.connect(own.temporal_address), own.temporal_namespace)
+    await asyncio.to_thread(_run_one_exposure, own, worker)
