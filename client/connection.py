@@ -34,10 +34,12 @@ async def connect(settings: Settings, wait: bool = False) -> Client:
     answer: the SDK's worker exits if its first namespace check fails.
     """
     configure_tracing(settings)
+    client: Client | None = None
     delay = 1.0
     while True:
         try:
-            client = await _connect(settings)
+            # Once connected, only the namespace is asked again: the client reconnects itself.
+            client = client or await _connect(settings)
             if wait:
                 await _describe_namespace(client, settings)
             return client
