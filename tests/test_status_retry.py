@@ -31,6 +31,8 @@ from unembargo.workflows.exposure import SA_STEP
 from verify import check_unembargoed
 
 FAST = Policy(heartbeat_s=5, incomplete_wait_s=600, incomplete_poll_s=2)
+# Checks again only after the test: each check runs zip, and shows "zip" while it runs.
+WAITING_LONG = Policy(heartbeat_s=5, incomplete_wait_s=3600, incomplete_poll_s=600)
 # Nothing listens there: every Rucio call of that worker fails, as when Rucio is down.
 NO_RUCIO = {"UNEMBARGO_RUCIO_HOST": "http://127.0.0.1:9"}
 
@@ -144,7 +146,7 @@ async def test_exposure_waiting_for_raws_shows_waiting_and_has_nothing_to_retry(
     settings: Settings, client: Client, dest_worker: WorkerProcess
 ) -> None:
     seeded = seed_exposure(settings, fresh_day(), 1, detectors=range(0, 150))
-    handle = await start(settings, client, seeded)
+    handle = await start_one(client, settings, seeded, WAITING_LONG)
     try:
 
         async def waiting() -> bool:
