@@ -2,8 +2,11 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/unembargo
+# The checkout is the package `unembargo` (temporal-dev/ is unembargo.devstack): tools that
+# read imports from files (mypy, import-linter) see it through this tree of links.
+TYPING := $(VENV)/typing
 
-.PHONY: setup demo test down
+.PHONY: setup demo test test-unit test-stack check down
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,8 +22,27 @@ demo: setup
 	$(CLI) dev seed
 	$(CLI) start --window 80h
 
-test: setup
-	$(PY) -m pytest
+# Both test layers: unit (no services, seconds) then stack (the real services).
+test: test-unit test-stack
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+test-stack: setup
+	$(PY) -m pytest tests/stack
+
+$(TYPING)/unembargo: | setup
+	mkdir -p $@
+	for d in __init__.py models workflows activities adapters engine workers client cli; do \
+		ln -sfn $(CURDIR)/$$d $@/$$d; done
+	ln -sfn $(CURDIR)/temporal-dev $@/devstack
+
+# Lint, format, types and the import rules of docs/architecture.md.
+check: setup $(TYPING)/unembargo
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cd $(TYPING) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p unembargo
+	PYTHONPATH=$(TYPING) $(VENV)/bin/lint-imports --config pyproject.toml
 
 down:
 	$(CLI) dev down

@@ -1,1 +1,1 @@
-"""activities"""
+"""The @activity.defn modules: each step of a flow, built on the adapters."""

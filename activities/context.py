@@ -12,6 +12,7 @@ import contextvars
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -46,24 +47,10 @@ class Resources:
 
     @cached_property
     def s3(self) -> Any:
-        """A boto3 S3 client (thread-safe) for the embargo bucket's endpoint.
+        """A boto3 S3 client (thread-safe) for the embargo bucket's endpoint."""
+        from unembargo.adapters.s3 import connect as s3_connect
 
-        It checks a read's body against S3's own checksum only when asked to
-        (``ChecksumMode``): reads whose md5 is checked against the listing need no
-        second pass over their bytes.
-        """
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.settings.s3_endpoint_url,
-            config=Config(
-                max_pool_connections=32,
-                retries={"max_attempts": 5, "mode": "standard"},
-                response_checksum_validation="when_required",
-            ),
-        )
+        return s3_connect(self.settings.s3_endpoint_url)
 
     def _butler(self, attr: str, repo: str, writeable: bool) -> Butler:
         from lsst.daf.butler import Butler
@@ -91,7 +78,7 @@ class Resources:
         """This thread's Rucio client."""
         client = getattr(self._local, "rucio", None)
         if client is None:
-            from unembargo.activities.rucio_client import connect as rucio_connect
+            from unembargo.adapters.rucio_client import connect as rucio_connect
 
             client = rucio_connect(self.settings)
             self._local.rucio = client
@@ -163,3 +150,20 @@ def heartbeating(interval: float = 5.0) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+class Progress:
+    """Progress heartbeats, at most one every ``every`` seconds: each one is a trip
+    through the worker's event loop and payload converter, and a zip of small
+    objects writes hundreds of members a second. (Liveness does not depend on
+    them: ``heartbeating`` beats from a side thread.)"""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self._every = every
+        self._next = 0.0
+
+    def beat(self, detail: str) -> None:
+        now = time.monotonic()
+        if now >= self._next and activity.in_activity():
+            self._next = now + self._every
+            activity.heartbeat(detail)

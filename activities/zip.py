@@ -15,88 +15,53 @@ the final name or the complete, verified zip.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import queue
-import threading
 import time
 import zipfile
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any
 
 from lsst.daf.butler import (
-    Butler,
     DatasetRef,
-    MissingDatasetTypeError,
-    SerializedDatasetRefContainerV1,
 )
-from lsst.daf.butler.datastore.stored_file_info import StoredFileInfo
 from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import (
     ArtifactIndexInfo,
     ZipIndex,
 )
-from lsst.resources import ResourcePath
 from temporalio import activity
 
-from unembargo.activities import destination
-from unembargo.activities.butler import RAW_TYPES, exposure_record
-from unembargo.activities.context import Resources, checkpoint, heartbeating
-from unembargo.activities.headers import METADATA_INDEX, metadata_index, raw_metadata
-from unembargo.activities.s3 import S3Client, S3Object, list_folder, read_verified
+from unembargo.activities.context import Progress, Resources, checkpoint, heartbeating
+from unembargo.adapters import destination
+from unembargo.adapters.headers import METADATA_INDEX, metadata_index
+from unembargo.adapters.s3 import list_folder, read_verified
+from unembargo.adapters.zipping import (
+    BUTLER_INDEX,
+    INDEX_NAMES,
+    Folder,
+    Member,
+    WriteBehind,
+    add_member,
+    artifacts_by_member,
+    detector_name,
+    differences_text,
+    fetch_member,
+    in_order,
+    member_name,
+    names_text,
+    parse_expected_sensors,
+    raw_refs,
+    verify_zip,
+    zip_index,
+)
 from unembargo.models import names
 from unembargo.models.errors import (
     RERUN,
     DestinationConflict,
     IncompleteExposure,
     MissingExposure,
-    SourceMismatch,
-    UnsafeKey,
 )
-from unembargo.models.exposure import Exposure, FileReceipt, StepInput, ZipReceipt
-
-BUTLER_INDEX = ZipIndex.index_name
-INDEX_NAMES = (BUTLER_INDEX, METADATA_INDEX)
-
-# Parallel downloads. A zip holds at most WINDOW objects and WINDOW_BYTES in memory
-# at once (plus one larger object alone), whatever the exposure's size; all the zips
-# of a worker process together hold at most PROCESS_BYTES (BUDGET), however many run.
-WORKERS = 12
-WINDOW = 2 * WORKERS
-WINDOW_BYTES = 128 * 1024 * 1024
-PROCESS_BYTES = 128 * 1024 * 1024
-# Names quoted in an error message; the rest are counted.
-SHOWN = 5
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One object of the folder and its name inside the zip."""
-
-    name: str
-    obj: S3Object
-    # Artifact of a butler dataset: checked as FITS and indexed.
-    raw: bool = False
-
-
-@dataclass(frozen=True)
-class Folder:
-    """The listed folder: where it is and its members by name."""
-
-    bucket: str
-    prefix: str
-    members: dict[str, S3Object]
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
+from unembargo.models.exposure import STEPS, Exposure, FileReceipt, Step, StepInput, ZipReceipt
 
 
 class ZipActivities:
@@ -105,7 +70,7 @@ class ZipActivities:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
 
-    @activity.defn(name=names.ACTIVITY["zip"])
+    @activity.defn(name=STEPS[Step.ZIP].activity)
     def zip_exposure(self, inp: StepInput) -> ZipReceipt:
         """Zip the exposure's folder unless its zip already exists and matches it."""
         # Listing and butler queries come before the first member's heartbeat.
@@ -127,7 +92,7 @@ class ZipActivities:
             )
         refs, raws = self._raws(exp, folder)
         self._check_complete(exp, folder, refs)
-        return self._build(exp, relpath, final, folder, _zip_index(refs, raws))
+        return self._build(exp, relpath, final, folder, zip_index(refs, raws))
 
     def _list(self, exp: Exposure) -> Folder:
         settings = self.resources.settings
@@ -139,10 +104,10 @@ class ZipActivities:
 
     def _existing(self, exp: Exposure, final: Path, relpath: str, folder: Folder) -> ZipReceipt:
         """Receipt of a zip already in place if it matches the folder, else a conflict."""
-        check = verify_zip(final, folder.members, exp)
+        check = verify_zip(final, folder.members, exp, Progress().beat)
         if check.differences:
             raise DestinationConflict(
-                f"{final} exists but does not match {folder.url}: {_summary(check.differences)}. "
+                f"{final} exists but does not match {folder.url}: {differences_text(check.differences)}. "
                 "It was left untouched. Compare it with the bucket; if the zip is wrong, "
                 "move it aside (check Rucio and the main butler first), then "
                 f"{RERUN}."
@@ -173,12 +138,12 @@ class ZipActivities:
                 "it may still arrive. If it never will, the exposure cannot be zipped."
             )
         expected = parse_expected_sensors(name, read_verified(self.resources.s3, folder.bucket, obj))
-        present = {_detector_name(ref) for ref in refs}
+        present = {detector_name(ref) for ref in refs}
         missing = sorted(expected - present)
         if missing:
             raise IncompleteExposure(
                 f"{exp.obs_id}: found {len(expected) - len(missing)} of {len(expected)} expected "
-                f"sensors in the embargo butler; missing {_names(missing)}. Nothing was zipped; "
+                f"sensors in the embargo butler; missing {names_text(missing)}. Nothing was zipped; "
                 "the exposure is zipped once every expected raw is ingested."
             )
         if not refs:
@@ -199,12 +164,12 @@ class ZipActivities:
             self._write(out, members, index, stamp, folder.bucket)
             out.flush()
             file = FileReceipt(relpath=relpath, size=out.size, md5=out.md5, adler32=out.adler32)
-            self.resources.record(exp, "zip", "install")
+            self.resources.record(exp, Step.ZIP, "install")
             installed = destination.install(staging, final)
         if not installed:
             # Another attempt installed first: fine if it holds the same content.
             return self._existing(exp, final, relpath, folder)
-        checkpoint("zip", "acted")
+        checkpoint(Step.ZIP, "acted")
         activity.logger.info(
             "zipped %s: %d members, %d bytes in %.1f s", relpath, count, file.size, time.monotonic() - started
         )
@@ -223,390 +188,14 @@ class ZipActivities:
         headers: dict[str, dict[str, Any]] = {}
         progress = Progress()
         with zipfile.ZipFile(out, "w") as zf:
-            _add(zf, BUTLER_INDEX, index.model_dump_json().encode(), stamp)
-            fetched = in_order(lambda m: _fetch(s3, bucket, m), members)
+            add_member(zf, BUTLER_INDEX, index.model_dump_json().encode(), stamp)
+            fetched = in_order(lambda m: fetch_member(s3, bucket, m), members)
             with closing(fetched):
                 for done, (member, (data, header)) in enumerate(fetched, start=1):
-                    _add(zf, member.name, data, member.obj.last_modified)
+                    add_member(zf, member.name, data, member.obj.last_modified)
                     if header is not None:
                         headers[member.name] = header
                     if done == 1:
-                        checkpoint("zip", "acting")
+                        checkpoint(Step.ZIP, "acting")
                     progress.beat(f"{done}/{len(members)} members written")
-            _add(zf, METADATA_INDEX, metadata_index(headers), stamp)
-
-
-def member_name(folder: Folder, key: str) -> str:
-    """The zip member name of an object: its key relative to the folder, if safe."""
-    name = key[len(folder.prefix) :] if key.startswith(folder.prefix) else None
-    problem = _unsafe(name)
-    if problem:
-        raise UnsafeKey(
-            f"object key {key!r} in {folder.url} cannot be a zip member ({problem}); nothing "
-            "was written. Rename or remove the object in the embargo bucket, then "
-            f"{RERUN}."
-        )
-    assert name is not None
-    return name
-
-
-def _unsafe(name: str | None) -> str | None:
-    """Why a relative name cannot be a member (it could escape or clash on extraction)."""
-    if name is None:
-        return "it is not under the exposure folder"
-    if "\x00" in name or "\\" in name:
-        return "it contains a NUL or a backslash"
-    if name.startswith("/"):
-        return "it starts with '/'"
-    if any(part in ("", ".", "..") for part in name.split("/")):
-        return "it has an empty, '.' or '..' path component"
-    if name in INDEX_NAMES:
-        return "it has the name of a zip index"
-    return None
-
-
-def raw_refs(butler: Butler, exp: Exposure) -> list[DatasetRef]:
-    """Every raw (and guider raw) of the exposure in any RUN, with dimension records."""
-    record = exposure_record(butler, exp)
-    if record.day_obs != exp.day_obs:
-        raise SourceMismatch(
-            f"{exp.obs_id} is of day_obs {record.day_obs} in the embargo butler, not {exp.day_obs}; "
-            "start it with the right day_obs."
-        )
-    data_id = {"instrument": exp.instrument, "exposure": exp.exposure_id}
-    refs: dict[Any, DatasetRef] = {}
-    for dataset_type in RAW_TYPES:
-        try:
-            butler.get_dataset_type(dataset_type)
-        except MissingDatasetTypeError:
-            continue
-        for ref in butler.query_datasets(
-            dataset_type,
-            collections="*",
-            find_first=False,
-            data_id=data_id,
-            with_dimension_records=True,
-            explain=False,
-        ):
-            refs[ref.id] = ref
-    return sorted(refs.values())
-
-
-def artifacts_by_member(
-    butler: Butler, refs: Iterable[DatasetRef], folder: Folder
-) -> dict[str, ArtifactIndexInfo]:
-    """Index entries of the datasets' files by member name; each file must be in the folder."""
-    refs = list(refs)
-    found: dict[str, ArtifactIndexInfo] = {}
-    roots = butler.get_datastore_roots()
-    # ingest_zip needs the datastore records (formatter, storage class, size). The
-    # Butler has no public call returning them; Datastore.export_records is public.
-    exported = butler._datastore.export_records(refs)
-    for datastore_name, data in exported.items():
-        root = roots.get(datastore_name)
-        for dataset_id, by_table in data.records.items():
-            for infos in by_table.values():
-                for info in infos:
-                    if not isinstance(info, StoredFileInfo):
-                        raise TypeError(f"the embargo datastore {datastore_name} does not store files")
-                    simple = info.to_simple()
-                    name = _artifact_member(folder, simple.path, root, simple.file_size)
-                    if name in found:
-                        found[name].append(dataset_id)
-                    else:
-                        found[name] = ArtifactIndexInfo.from_single(simple, dataset_id)
-    without = {ref.id for ref in refs} - {i for info in found.values() for i in info.ids}
-    if without:
-        raise SourceMismatch(
-            f"{len(without)} raw datasets of {folder.url} have no file in the embargo "
-            "datastore; repair the embargo butler before unembargoing this exposure."
-        )
-    return found
-
-
-def _artifact_member(folder: Folder, path: str, root: ResourcePath | None, size: int) -> str:
-    """Member name of a datastore file, which must be a listed object of the recorded size."""
-    uri = root.join(path) if root is not None else ResourcePath(path)
-    key = uri.relativeToPathRoot
-    name = key[len(folder.prefix) :] if key.startswith(folder.prefix) else None
-    obj = folder.members.get(name) if uri.scheme == "s3" and uri.netloc == folder.bucket and name else None
-    if obj is None:
-        raise SourceMismatch(
-            f"the embargo butler has a raw at {uri}, which is not an object of {folder.url}; "
-            "the bucket and the butler disagree, repair one of them."
-        )
-    if size >= 0 and obj.size != size:
-        raise SourceMismatch(
-            f"{uri} is {obj.size} bytes in the bucket but {size} bytes in the embargo butler "
-            "(truncated or replaced?); re-send and re-ingest it."
-        )
-    assert name is not None
-    return name
-
-
-def _zip_index(refs: list[DatasetRef], raws: Mapping[str, ArtifactIndexInfo]) -> ZipIndex:
-    """The index ``Butler.ingest_zip`` reads: refs with dimension records, files by member."""
-    return ZipIndex(
-        refs=SerializedDatasetRefContainerV1.from_refs(refs),
-        artifact_map={name: raws[name] for name in sorted(raws)},
-    )
-
-
-def parse_expected_sensors(name: str, data: bytes) -> set[str]:
-    """Detector names an expectedSensors file lists (its ``expectedSensors`` keys)."""
-    try:
-        sensors = json.loads(data)["expectedSensors"]
-    except (ValueError, KeyError, TypeError):
-        sensors = None
-    if not isinstance(sensors, dict | list) or not all(isinstance(s, str) for s in sensors):
-        raise SourceMismatch(
-            f"{name} is not an expectedSensors file (JSON with an 'expectedSensors' mapping "
-            "of detector names); fix or re-send it."
-        )
-    return set(sensors)
-
-
-def _detector_name(ref: DatasetRef) -> str:
-    """Full name (e.g. R22_S11) of a ref's detector, as expectedSensors names it."""
-    record = ref.dataId.records["detector"]
-    assert record is not None, "refs are queried with their dimension records"
-    return str(record.full_name)
-
-
-@dataclass(frozen=True)
-class ZipCheck:
-    """An existing zip compared with the folder's listing."""
-
-    differences: list[str]
-    members: int
-    raws: int
-
-
-def verify_zip(path: Path, expected: Mapping[str, S3Object], exp: Exposure) -> ZipCheck:
-    """Compare an existing zip with the listing: names, sizes, md5s, both indexes.
-
-    Reading every member also checks the zip's own CRCs, and its butler index
-    must describe this exposure. With an empty listing (the embargo copy is gone)
-    only that and the zip's own consistency can be checked.
-    """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return _verify_open(zf, expected, exp)
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        return ZipCheck([f"not a readable zip ({err.__class__.__name__})"], 0, 0)
-
-
-def _verify_open(zf: zipfile.ZipFile, expected: Mapping[str, S3Object], exp: Exposure) -> ZipCheck:
-    infos = zf.infolist()
-    by_name = {info.filename: info for info in infos}
-    missing_indexes = [f"{name} missing" for name in INDEX_NAMES if name not in by_name]
-    if missing_indexes:
-        return ZipCheck(missing_indexes, len(infos), 0)
-    differences = _name_differences([info.filename for info in infos], expected)
-    progress = Progress()
-    for done, (name, info) in enumerate(sorted(by_name.items()), start=1):
-        if name not in INDEX_NAMES:
-            differences += _member_differences(zf, info, expected.get(name))
-            progress.beat(f"{done}/{len(infos)} members of the existing zip verified")
-    index = ZipIndex.from_open_zip(zf)
-    differences += [f"{name} indexed but absent" for name in index.artifact_map if name not in by_name]
-    differences += _index_differences(index, exp)
-    json.loads(zf.read(METADATA_INDEX))
-    return ZipCheck(differences, len(infos), len(index.refs))
-
-
-def _index_differences(index: ZipIndex, exp: Exposure) -> list[str]:
-    """The butler index must list only datasets of this exposure."""
-    found = {
-        (ref.data_id.get("instrument"), ref.data_id.get("exposure"))
-        for ref in index.refs.compact_refs.values()
-    }
-    others = sorted(found - {(exp.instrument, exp.exposure_id)}, key=str)
-    return [f"its butler index lists datasets of {inst} exposure {eid}" for inst, eid in others]
-
-
-def _name_differences(names_in_zip: list[str], expected: Mapping[str, S3Object]) -> list[str]:
-    present = set(names_in_zip)
-    out = [f"{n} missing from the zip" for n in sorted(set(expected) - present)]
-    if expected:
-        out += [f"{n} not in the bucket" for n in sorted(present - set(expected) - set(INDEX_NAMES))]
-    if len(present) != len(names_in_zip):
-        out.append("duplicate member names")
-    return out
-
-
-def _member_differences(zf: zipfile.ZipFile, info: zipfile.ZipInfo, obj: S3Object | None) -> list[str]:
-    md5 = hashlib.md5(usedforsecurity=False)
-    with zf.open(info) as member:
-        while chunk := member.read(destination.CHUNK):
-            md5.update(chunk)
-    if obj is None:
-        return []
-    if info.file_size != obj.size:
-        return [f"{info.filename} is {info.file_size} bytes, the bucket's {obj.size}"]
-    if obj.md5 is not None and md5.hexdigest() != obj.md5:
-        return [f"{info.filename} md5 differs from the bucket's ETag"]
-    return []
-
-
-class WriteBehind:
-    """A file whose writes happen in a side thread, so checksumming the next member
-    overlaps writing this one (each alone is slower than the disk). At most
-    QUEUED writes wait; ``flush`` waits for all and raises the first write error."""
-
-    QUEUED = 2
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self.QUEUED)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="zip-write", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (data := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._raw.write(data)
-                except BaseException as err:  # noqa: BLE001 - handed to the writing thread
-                    self._error = err
-            self._queue.task_done()
-        self._queue.task_done()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def write(self, data: bytes) -> int:
-        self._raise()
-        self._queue.put(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        self._queue.join()
-        self._raise()
-        self._raw.flush()
-
-    def __enter__(self) -> WriteBehind:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-
-class ByteBudget:
-    """Bytes of downloaded objects that the zips of one process may hold at once."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.free = total
-        self._cond = threading.Condition()
-
-    def cost(self, size: int) -> int:
-        """What an object takes from the budget: an object larger than all of it takes all of it."""
-        return min(size, self.total)
-
-    def take(self, amount: int, wait: bool) -> bool:
-        """Take ``amount``; without ``wait``, False at once if it is not free."""
-        with self._cond:
-            if wait:
-                self._cond.wait_for(lambda: self.free >= amount)
-            elif self.free < amount:
-                return False
-            self.free -= amount
-            return True
-
-    def give(self, amount: int) -> None:
-        with self._cond:
-            self.free += amount
-            self._cond.notify_all()
-
-
-BUDGET = ByteBudget(PROCESS_BYTES)
-
-
-def in_order(
-    fetch: Callable[[Member], T],
-    members: list[Member],
-    workers: int = WORKERS,
-    window: int = WINDOW,
-    window_bytes: int = WINDOW_BYTES,
-    budget: ByteBudget = BUDGET,
-) -> Generator[tuple[Member, T], None, None]:
-    """``fetch`` each member in parallel, yielding results in the members' order.
-
-    A bounded window of downloads runs ahead of the one being written, so memory
-    stays bounded however many members there are; a member's bytes count against
-    ``budget`` from its download until it is written. Only a zip holding nothing
-    waits for the budget (others go on writing what they hold), so zips sharing it
-    never wait on each other in a circle. Closing the iterator (or an error) cancels
-    what has not started and waits for what has.
-    """
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zip-fetch")
-    pending: deque[tuple[Member, Future[T]]] = deque()
-    in_flight = 0
-    held = 0
-    todo = iter(members)
-    upcoming = next(todo, None)
-    try:
-        while upcoming is not None or pending:
-            while upcoming is not None and (
-                not pending or (len(pending) < window and in_flight + upcoming.obj.size <= window_bytes)
-            ):
-                if not budget.take(budget.cost(upcoming.obj.size), wait=not pending):
-                    break
-                held += budget.cost(upcoming.obj.size)
-                pending.append((upcoming, pool.submit(fetch, upcoming)))
-                in_flight += upcoming.obj.size
-                upcoming = next(todo, None)
-            member, future = pending.popleft()
-            in_flight -= member.obj.size
-            yield member, future.result()
-            held -= budget.cost(member.obj.size)
-            budget.give(budget.cost(member.obj.size))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        budget.give(held)
-
-
-def _fetch(s3: S3Client, bucket: str, member: Member) -> tuple[bytes, dict[str, Any] | None]:
-    """One object's verified bytes, and for a raw its checked header metadata."""
-    data = read_verified(s3, bucket, member.obj)
-    return data, (raw_metadata(member.name, data) if member.raw else None)
-
-
-def _add(zf: zipfile.ZipFile, name: str, data: bytes, when: datetime) -> None:
-    """Write one member, stored (raws are already compressed or incompressible noise)."""
-    t = when.astimezone(UTC)
-    info = zipfile.ZipInfo(name, date_time=(max(t.year, 1980), t.month, t.day, t.hour, t.minute, t.second))
-    info.compress_type = zipfile.ZIP_STORED
-    info.external_attr = 0o644 << 16
-    zf.writestr(info, data)
-
-
-class Progress:
-    """Progress heartbeats, at most one every ``every`` seconds: each one is a trip
-    through the worker's event loop and payload converter, and a zip of small
-    objects writes hundreds of members a second. (Liveness does not depend on
-    them: ``heartbeating`` beats from a side thread.)"""
-
-    def __init__(self, every: float = 1.0) -> None:
-        self._every = every
-        self._next = 0.0
-
-    def beat(self, detail: str) -> None:
-        now = time.monotonic()
-        if now >= self._next and activity.in_activity():
-            self._next = now + self._every
-            activity.heartbeat(detail)
-
-
-def _names(items: list[str]) -> str:
-    shown = ", ".join(items[:SHOWN])
-    return shown if len(items) <= SHOWN else f"{shown} and {len(items) - SHOWN} more"
-
-
-def _summary(differences: list[str]) -> str:
-    count = len(differences)
-    return f"{count} difference{'s' if count != 1 else ''}: {_names(differences)}"
+            add_member(zf, METADATA_INDEX, metadata_index(headers), stamp)

@@ -54,8 +54,9 @@ from pydantic import SecretStr
 from temporalio.client import Client
 
 from report import REPO, replace_measured, write_results
+from unembargo.adapters.s3 import use_loopback_credentials
 from unembargo.models import names
-from unembargo.models.exposure import Exposure
+from unembargo.models.exposure import STEP_OF_ACTIVITY, STEPS, Exposure
 from unembargo.models.settings import Settings
 
 DOCS = REPO / "docs" / "performance.md"
@@ -98,7 +99,7 @@ def bring_up(base: Settings, which: str) -> None:
     """Start what is not running (own stack), or insist that ``dev up`` ran."""
     from unembargo.devstack import stack
 
-    stack.use_local_credentials(base)
+    use_loopback_credentials(base.s3_endpoint_url)
     os.environ["S3_ENDPOINT_URL"] = str(base.s3_endpoint_url)
     services = [s for s in stack.SERVICES if s.name != "worker"]
     if which == "dev":
@@ -222,7 +223,7 @@ def plain_copy(source: Settings, exposures: Sequence[Exposure], folder: Path) ->
     zip step does) and written in order to one file on the destination disk, fsynced:
     the bytes the zip step moves, with nothing else done to them."""
     from unembargo.activities.context import Resources
-    from unembargo.activities.s3 import list_folder
+    from unembargo.adapters.s3 import list_folder
 
     s3 = Resources(source).s3
     folder.mkdir(parents=True, exist_ok=True)
@@ -439,7 +440,7 @@ async def run_workers(
     """Start every exposure at once with ``count`` workers serving; per-exposure timings."""
     from sqlmodel import Session
 
-    from unembargo.client.starter import start_exposures
+    from unembargo.engine.starter import start_exposures
     from unembargo.models.tables import connect, step_queues
 
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
@@ -496,7 +497,7 @@ async def history_timings(client: Client, workflow_id: str, obs_id: str) -> dict
             queued += t - scheduled[sid]
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             sid = event.activity_task_completed_event_attributes.scheduled_event_id
-            step = names.STEP_OF_ACTIVITY[kind[sid]]
+            step = STEP_OF_ACTIVITY[kind[sid]]
             steps[step] = steps.get(step, 0.0) + t - started[sid]
             if step == "zip":
                 zip_span = [started[sid], t]
@@ -547,7 +548,7 @@ def summarize(raw: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
         "median_s": round(statistics.median(wall), 2),
         "p95_s": round(p95(wall), 2),
         "step_median_s": {
-            s: round(statistics.median(r["steps"].get(s, 0.0) for r in rows), 3) for s in names.STEPS
+            s: round(statistics.median(r["steps"].get(s, 0.0) for r in rows), 3) for s in STEPS
         },
         "overhead_median_s": round(statistics.median(overhead), 3),
         "overhead_median_pct": round(
@@ -645,7 +646,7 @@ def table(result: dict[str, Any]) -> str:
         serial = shape["variants"].get("serial")
         for name, v in shape["variants"].items():
             ratio = f"{v['exposures_per_min'] / serial['exposures_per_min']:.2f}x" if serial else "-"
-            steps = " | ".join(f"{v['step_median_s'][s]:.2f}" for s in names.STEPS)
+            steps = " | ".join(f"{v['step_median_s'][s]:.2f}" for s in STEPS)
             rss = ", ".join(f"{x:.0f}" for x in v["peak_rss_mb"])
             lines.append(
                 f"| {shape['exposures']} x 205 x {shape['file_kib']} KiB | {name} "

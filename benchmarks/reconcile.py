@@ -45,13 +45,13 @@ from typing import Any
 from pydantic import SecretStr
 from temporalio import workflow
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from report import REPO, replace_measured, write_results
+from unembargo.adapters.s3 import use_loopback_credentials
 from unembargo.models import names
-from unembargo.models.exposure import Exposure, ExposureInput, StepQueues
+from unembargo.models.exposure import STEPS, Exposure, ExposureInput, Step, StepQueues
 from unembargo.models.settings import EmbargoRule, Settings
 
 DOCS = REPO / "docs" / "reconcile.md"
@@ -65,7 +65,7 @@ EMBARGOED = 20
 # Fates by seq_num: seq % 100 picks the odd ones out, the last EMBARGOED stay embargoed.
 FATE_BY_REMAINDER = {1: "failed", 2: "running", 3: "half-done", 4: "missing"}
 UPLOAD_THREADS = 32
-SA_STEP = SearchAttributeKey.for_keyword(names.SA_STEP)
+SA_STEP = names.SA_STEP
 
 
 def fate(seq: int, n: int) -> str:
@@ -166,7 +166,7 @@ def find_or_seed(base: Settings, n: int, objects: int, fresh: bool) -> Bench:
 def still_seeded(bench: Bench) -> bool:
     """The bucket still lists every folder (moto keeps objects in memory only)."""
     from unembargo.activities.context import Resources
-    from unembargo.activities.s3 import list_subfolders
+    from unembargo.adapters.s3 import list_subfolders
 
     s3 = Resources(bench.settings).s3
     try:
@@ -291,7 +291,7 @@ def seed_rucio(
     files: dict[str, tuple[int, str, str]],
 ) -> None:
     """Files registered and attached to their Tract/NoTract and Obs datasets; Obs closed and tagged."""
-    from unembargo.activities.rucio_client import connect
+    from unembargo.adapters.rucio_client import connect
 
     client = connect(settings)
     scope = settings.rucio_scope
@@ -324,7 +324,7 @@ def seed_rucio(
 
 
 def close_all(settings: Settings, datasets: list[str]) -> None:
-    from unembargo.activities.rucio_client import connect
+    from unembargo.adapters.rucio_client import connect
 
     client = connect(settings)
     for name in datasets:
@@ -368,7 +368,7 @@ class StubExposure:
             # Nobody serves this queue: the activity stays pending, the run stays running.
             workflow.upsert_search_attributes([SA_STEP.value_set("register")])
             await workflow.execute_activity(
-                names.ACTIVITY["register"], inp, task_queue=inp.queues.register,
+                STEPS[Step.REGISTER].activity, inp, task_queue=inp.queues[Step.REGISTER],
                 start_to_close_timeout=timedelta(minutes=10),
             )  # fmt: skip
         workflow.upsert_search_attributes([SA_STEP.value_set("done")])
@@ -376,14 +376,14 @@ class StubExposure:
 
 async def seed_temporal(settings: Settings, fates: dict[int, str]) -> None:
     """One stub run per exposure that has a workflow: completed, failed or running."""
-    from unembargo.client.starter import start_exposures
     from unembargo.devstack import temporal
+    from unembargo.engine.starter import start_exposures
 
     unscoped = await Client.connect(settings.temporal_address)
     await temporal.ensure_namespace(unscoped, settings.temporal_namespace)
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
     nowhere = names.location_queue(f"nobody-{settings.rucio_scope}")
-    queues = StepQueues(nowhere, nowhere, nowhere, nowhere, nowhere)
+    queues: StepQueues = dict.fromkeys(STEPS, nowhere)
     started = [seq for seq, f in fates.items() if f in ("unembargoed", "half-done", "running", "failed")]
     exposures = [Exposure(INSTRUMENT, DAY_OBS, obs_id(s), DAY_OBS * 100000 + s) for s in started]
     async with Worker(client, task_queue=settings.workflow_task_queue, workflows=[StubExposure]):
@@ -444,9 +444,8 @@ def run_sequential(bench: Bench) -> dict[str, Any]:
 
 def measure(bench: Bench, repeat: int) -> dict[str, Any]:
     """``repeat`` runs of the command, then one of the library with the sources in turn."""
-    from unembargo.devstack import stack
 
-    stack.use_local_credentials(bench.settings)
+    use_loopback_credentials(bench.settings.s3_endpoint_url)
     runs = {f"cli_{i}": run_cli(bench) for i in range(1, repeat + 1)}
     runs["sequential"] = run_sequential(bench)
     expected = expected_counts(bench.exposures)
@@ -516,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from unembargo.devstack import stack
 
     base = Settings()
-    stack.use_local_credentials(base)
+    use_loopback_credentials(base.s3_endpoint_url)
     down = [row.name for row in stack.status(base) if not row.healthy and row.name != "worker"]
     if down:
         raise SystemExit(f"the local stack is not up ({', '.join(down)}): run `unembargo dev up` first")

@@ -34,17 +34,17 @@ from lsst.daf.butler import Butler, DatasetRef
 from lsst.resources import ResourcePath
 from rucio.common.exception import DataIdentifierAlreadyExists
 
-from unembargo.activities.butler import (
+from unembargo.adapters.butler import (
     RAW_TYPES,
     collect_records,
     overlapping_tracts,
     register_dataset_types,
     write_yaml,
 )
-from unembargo.activities.destination import checksums
-from unembargo.activities.headers import METADATA_INDEX, is_fits, metadata_index, raw_metadata
-from unembargo.activities.rucio_client import connect
-from unembargo.devstack import stack
+from unembargo.adapters.destination import checksums
+from unembargo.adapters.headers import METADATA_INDEX, is_fits, metadata_index, raw_metadata
+from unembargo.adapters.rucio_client import connect
+from unembargo.adapters.s3 import use_loopback_credentials
 from unembargo.models import names
 from unembargo.models.exposure import Exposure
 from unembargo.models.settings import Settings
@@ -170,7 +170,7 @@ def run(settings: Settings, exposures: Sequence[Exposure]) -> dict[str, Any]:
 
 def main(argv: Sequence[str]) -> None:
     settings = Settings()
-    stack.use_local_credentials(settings)
+    use_loopback_credentials(settings.s3_endpoint_url)
     wanted = json.loads(Path(argv[0]).read_text())
     exposures = [Exposure(e["instrument"], e["day_obs"], e["obs_id"], e["exposure_id"]) for e in wanted]
     json.dump(run(settings, exposures), sys.stdout)

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from unembargo.cli import dev, reconcile, schedule, start, status, workers
-from unembargo.client.errors import SourceUnavailable, TemporalUnreachable
+from unembargo.engine.errors import SourceUnavailable, TemporalUnreachable
 from unembargo.models.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Move raw exposures out of embargo, durably.")
@@ -37,7 +37,7 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Load settings once (environment, then UNEMBARGO_CONFIG / unembargo.toml)."""
-    from unembargo.client.telemetry import setup_logging
+    from unembargo.engine.telemetry import setup_logging
 
     # Every line names its exposure and step ("-" outside an activity).
     setup_logging(logging.DEBUG if verbose else logging.WARNING)
@@ -65,7 +65,7 @@ def main() -> None:
     # ("Fatal Python error: PyGILState_Release", temporalio/sdk-python#300), turning a
     # command that did all its work (say `dev up`, whose worker check uses a client) into
     # exit status -6. Nothing is left to run by then: flush what is buffered and go.
-    from unembargo.client.telemetry import flush
+    from unembargo.engine.telemetry import flush
 
     flush()
     logging.shutdown()

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from unembargo.adapters.s3 import use_loopback_credentials
 from unembargo.devstack import stack
 from unembargo.models.settings import Settings
 
@@ -76,7 +77,7 @@ def seed(
     from unembargo.devstack.seed import seed as seed_days
 
     settings: Settings = ctx.obj
-    stack.use_local_credentials(settings)
+    use_loopback_credentials(settings.s3_endpoint_url)
     offsets = [int(d) for d in days.split(",") if d.strip()]
     with console.status(f"seeding {per_day} exposure(s) on each of {len(offsets)} day(s)..."):
         report = seed_days(settings, offsets, per_day, file_size=_size(size))

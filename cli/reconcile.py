@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from unembargo.adapters.s3 import use_loopback_credentials
 from unembargo.cli.start import progress_table
-from unembargo.client.connection import connect
 from unembargo.client.reconcile import (
     ReconcileRequest,
     ReconcileResult,
@@ -21,8 +21,9 @@ from unembargo.client.reconcile import (
     repair,
     run_reconcile,
 )
-from unembargo.devstack import stack
-from unembargo.models.names import STEPS, InvalidName, check_day_obs, check_name
+from unembargo.engine.connection import connect
+from unembargo.models.exposure import STEPS
+from unembargo.models.names import InvalidName, check_day_obs, check_name
 from unembargo.models.reconcile import CLASSES, NEEDS_ACTION, SOURCES, Verdict
 from unembargo.models.settings import Settings
 
@@ -59,8 +60,8 @@ def reconcile(
     Exit code 0 only when nothing is missing, half-done or failed (with --repair: afterwards).
     """
     settings: Settings = ctx.obj
-    # The local stack's S3 takes dummy keys; real endpoints use the environment's.
-    stack.use_local_credentials(settings)
+    # A loopback endpoint (the local stack) takes dummy keys; real ones use the environment's.
+    use_loopback_credentials(settings.s3_endpoint_url)
     try:
         request = ReconcileRequest(check_day_obs(day), check_name("instrument", instrument))
     except InvalidName as err:

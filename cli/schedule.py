@@ -33,7 +33,7 @@ def _duration(text: str) -> timedelta:
 
 def _run(settings: Settings, call: Callable[[Client], Awaitable[T]]) -> T:
     """Connect, then make one schedule call."""
-    from unembargo.client.connection import connect
+    from unembargo.engine.connection import connect
 
     async def main() -> T:
         return await call(await connect(settings))

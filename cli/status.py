@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from unembargo.client.codec import PayloadKeyError
 from unembargo.client.status import ExposureStatus, NoWorkflow, PendingStep
+from unembargo.engine.codec import PayloadKeyError
 from unembargo.models import names
 from unembargo.models.reconcile import WorkflowRun
 from unembargo.models.settings import Settings
@@ -82,15 +82,15 @@ def _show_exposure(settings: Settings, instrument: str, obs_id: str, as_json: bo
 
 
 async def _one(settings: Settings, instrument: str, obs_id: str) -> ExposureStatus:
-    from unembargo.client.connection import connect
     from unembargo.client.status import exposure_status
+    from unembargo.engine.connection import connect
 
     return await exposure_status(await connect(settings), instrument, obs_id)
 
 
 async def _day(settings: Settings, instrument: str, day_obs: int) -> dict[str, WorkflowRun]:
-    from unembargo.client.connection import connect
     from unembargo.client.progress import day_runs
+    from unembargo.engine.connection import connect
 
     return await day_runs(await connect(settings), instrument, day_obs)
 
@@ -195,7 +195,7 @@ def retry(
 
 
 async def _retry(settings: Settings, instrument: str, obs_id: str, reason: str) -> Any:
-    from unembargo.client.connection import connect
     from unembargo.client.retry import retry_exposure
+    from unembargo.engine.connection import connect
 
     return await retry_exposure(await connect(settings), settings, instrument, obs_id, reason)

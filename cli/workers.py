@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session, select
 
-from unembargo.models.names import STEP_LOCATION_KIND, InvalidName, location_queue
+from unembargo.models.exposure import STEPS
+from unembargo.models.flow import location_kinds
+from unembargo.models.names import InvalidName, location_queue
 from unembargo.models.settings import Settings
 from unembargo.models.tables import Location, connect, upsert_location
 
@@ -29,7 +31,7 @@ def worker(
     ] = True,
 ) -> None:
     """Serve the task queues of LOCATION(s) until interrupted."""
-    from unembargo.client.connection import connect as temporal_connect
+    from unembargo.engine.connection import connect as temporal_connect
     from unembargo.workers.worker import run
 
     settings: Settings = ctx.obj
@@ -65,15 +67,13 @@ def add_location(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Location name (also names its task queue).")],
     site: Annotated[str, typer.Option(help="Site that hosts it.")],
-    kind: Annotated[
-        str, typer.Option(help=f"One of: {', '.join(sorted(set(STEP_LOCATION_KIND.values())))}.")
-    ],
+    kind: Annotated[str, typer.Option(help=f"One of: {', '.join(location_kinds(STEPS))}.")],
     storage: Annotated[str, typer.Option(help="Mount point, URI or endpoint it stands for.")],
     priority: Annotated[int, typer.Option(help="Highest active location of a kind is used.")] = 0,
     active: Annotated[bool, typer.Option(help="Inactive locations get no new work.")] = True,
 ) -> None:
     """Create or update a location."""
-    if kind not in STEP_LOCATION_KIND.values():
+    if kind not in location_kinds(STEPS):
         raise typer.BadParameter(f"unknown kind {kind!r}", param_hint="--kind")
     try:
         location_queue(name)

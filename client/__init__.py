@@ -1,1 +1,1 @@
-"""Temporal client side: select exposures, start and watch their workflows."""
+"""Use-cases behind the command line: start, reconcile, status, retry, schedule."""

@@ -8,10 +8,10 @@ from dataclasses import dataclass, replace
 
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus, WorkflowFailureError
 
-from unembargo.client.codec import failure_text
+from unembargo.engine.codec import failure_text
 from unembargo.models import names
+from unembargo.models.names import SA_OBS_ID, SA_STEP
 from unembargo.models.reconcile import WorkflowRun
-from unembargo.workflows.exposure import SA_OBS_ID, SA_STEP
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,12 @@ from typing import Any
 from sqlmodel import Session
 from temporalio.client import Client
 
-from unembargo.client.connection import connect
-from unembargo.client.errors import SourceUnavailable
 from unembargo.client.progress import Progress, day_runs, watch
-from unembargo.client.run import settings_policy
-from unembargo.client.starter import StartOutcome, start_exposures
+from unembargo.engine.connection import connect
+from unembargo.engine.errors import SourceUnavailable
+from unembargo.engine.starter import StartOutcome, settings_policy, start_exposures
 from unembargo.models import names
-from unembargo.models.exposure import Exposure
+from unembargo.models.exposure import STEPS, Exposure, Step
 from unembargo.models.reconcile import (
     CLASSES,
     EMBARGOED,
@@ -123,18 +122,16 @@ def load_clients() -> None:
     """Import what the sources need (daf_butler, boto3, rucio-clients: a few seconds, once)."""
     import boto3  # noqa: F401
 
-    import unembargo.activities.butler_inventory
-    import unembargo.activities.context
-    import unembargo.activities.rucio
-    import unembargo.activities.rucio_client  # noqa: F401
+    import unembargo.adapters.butler_inventory
+    import unembargo.adapters.rucio
+    import unembargo.adapters.rucio_client  # noqa: F401
 
 
 def _s3_folders(settings: Settings, instrument: str, day_obs: int) -> list[str]:
-    from unembargo.activities.context import Resources
-    from unembargo.activities.s3 import list_subfolders
+    from unembargo.adapters.s3 import connect, list_subfolders
 
     prefix = names.day_prefix(settings.s3_prefix, instrument, day_obs)
-    return list_subfolders(Resources(settings).s3, settings.s3_bucket, prefix)
+    return list_subfolders(connect(settings.s3_endpoint_url), settings.s3_bucket, prefix)
 
 
 def _butlers(
@@ -142,7 +139,7 @@ def _butlers(
 ) -> tuple[dict[str, EmbargoExposure], dict[str, MainHolding]]:
     from lsst.daf.butler import Butler
 
-    from unembargo.activities.butler_inventory import day_exposures, main_holdings
+    from unembargo.adapters.butler_inventory import day_exposures, main_holdings
 
     with (
         Butler.from_config(settings.embargo_butler, writeable=False) as embargo,
@@ -153,14 +150,14 @@ def _butlers(
 
 
 def _destination(settings: Settings, instrument: str, day_obs: int) -> dict[str, int]:
-    from unembargo.activities.destination import list_day
+    from unembargo.adapters.destination import list_day
 
     return list_day(settings.dest_root.resolve(), names.day_relpath(instrument, day_obs))
 
 
 def _rucio(settings: Settings, instrument: str, day_obs: int) -> RucioDay:
-    from unembargo.activities.rucio import day_catalog
-    from unembargo.activities.rucio_client import connect as rucio_connect
+    from unembargo.adapters.rucio import day_catalog
+    from unembargo.adapters.rucio_client import connect as rucio_connect
 
     return day_catalog(rucio_connect(settings), settings.rucio_scope, instrument, day_obs)
 
@@ -191,7 +188,7 @@ def known_exposures(inv: Inventory) -> set[str]:
 def judge(inv: Inventory, obs_id: str) -> Verdict:
     """One exposure's class and the reason for it."""
     problems = step_problems(inv, obs_id)
-    done = tuple(step for step in names.STEPS if problems[step] is None)
+    done = tuple(step for step in STEPS if problems[step] is None)
     exp = inv.exposures.get(obs_id)
     klass, reason = _class_and_reason(inv, obs_id, problems, done)
     return Verdict(
@@ -220,7 +217,7 @@ def _class_and_reason(
         return ORPHAN, f"{where} but found: {', '.join(found)}; {_last_run(run)}"
     if exp is None and obs_id not in inv.folders:
         return MISSING, f"known only to Temporal ({_last_run(run)}): not in the embargo bucket or butler"
-    if len(done) == len(names.STEPS):
+    if len(done) == len(STEPS):
         early = "" if exp is None or exp.due else f", although {_embargo(exp)}"
         return UNEMBARGOED, f"every step done{early}"
     if run is not None and run.status in ("failed", "timed_out"):
@@ -240,13 +237,13 @@ def step_problems(inv: Inventory, obs_id: str) -> dict[str, str | None]:
         zip_name = names.zip_relpath(inv.instrument, inv.day_obs, obs_id)
         yaml_name = names.yaml_relpath(inv.instrument, inv.day_obs, obs_id)
     except names.InvalidName:
-        return {step: "not a valid obs_id" for step in names.STEPS}
+        return {step: "not a valid obs_id" for step in STEPS}
     return {
-        "zip": None if zip_name in inv.destination else "no zip at the destination",
-        "export": None if yaml_name in inv.destination else "no dimension yaml at the destination",
-        "ingest": _ingest(inv.main.get(obs_id)),
-        "register": _register(inv, obs_id, {"zip": zip_name, "yaml": yaml_name}),
-        "tag": _tag(inv.rucio.obs.get(obs_id)),
+        Step.ZIP: None if zip_name in inv.destination else "no zip at the destination",
+        Step.EXPORT: None if yaml_name in inv.destination else "no dimension yaml at the destination",
+        Step.INGEST: _ingest(inv.main.get(obs_id)),
+        Step.REGISTER: _register(inv, obs_id, {"zip": zip_name, "yaml": yaml_name}),
+        Step.TAG: _tag(inv.rucio.obs.get(obs_id)),
     }
 
 

@@ -24,9 +24,8 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client
 
-from unembargo.client.run import settings_policy
-from unembargo.client.starter import start_exposures
 from unembargo.client.status import ExposureStatus, exposure_status
+from unembargo.engine.starter import settings_policy, start_exposures
 from unembargo.models.exposure import ExposureInput
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect as db_connect

@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlmodel import Session
 
-from unembargo.client.connection import connect
-from unembargo.client.errors import SourceUnavailable
 from unembargo.client.progress import Progress, watch
-from unembargo.client.starter import StartOutcome, start_exposures
+from unembargo.engine.connection import connect
+from unembargo.engine.errors import SourceUnavailable
+from unembargo.engine.starter import StartOutcome, settings_policy, start_exposures
 from unembargo.models.exposure import Exposure, Policy
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect as db_connect
@@ -76,7 +76,7 @@ def select(settings: Settings, request: StartRequest, now: datetime | None = Non
     """Exposures of the embargo butler whose embargo period has passed."""
     from lsst.daf.butler import Butler
 
-    from unembargo.activities.selection import select_exposures
+    from unembargo.adapters.selection import select_exposures
 
     try:
         butler = Butler.from_config(settings.embargo_butler, writeable=False)
@@ -120,11 +120,3 @@ async def run_start(
         if ids:
             result.finished = await watch(client, ids, on_update or (lambda rows: None))
     return result
-
-
-def settings_policy(settings: Settings) -> Policy:
-    """The workflow policy the settings ask for."""
-    return Policy(
-        incomplete_wait_s=settings.incomplete_wait.total_seconds(),
-        incomplete_poll_s=settings.incomplete_poll.total_seconds(),
-    )

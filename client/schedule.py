@@ -37,7 +37,7 @@ from temporalio.client import (
 )
 
 from unembargo.models import names
-from unembargo.models.schedule import SelectInput
+from unembargo.models.schedule import SELECT_STEP, SelectInput
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect as db_connect
 from unembargo.models.tables import step_queues
@@ -82,9 +82,9 @@ class ScheduleSummary:
 
 
 def selection_queue(settings: Settings) -> str:
-    """Queue of the selection activity: that of the location that zips (names.SELECT_LOCATION_KIND)."""
+    """Queue of the selection activity: that of the step it runs beside (SELECT_STEP)."""
     with Session(db_connect(settings.database_url.get_secret_value())) as session:
-        return step_queues(session).zip
+        return step_queues(session)[SELECT_STEP]
 
 
 def build(settings: Settings, request: ScheduleRequest) -> Schedule:

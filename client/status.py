@@ -19,9 +19,10 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from unembargo.client.codec import failure_text
+from unembargo.engine.codec import failure_text
 from unembargo.models import names
-from unembargo.workflows.exposure import SA_STEP
+from unembargo.models.exposure import STEP_OF_ACTIVITY, STEPS, Step
+from unembargo.models.names import SA_STEP
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _pending(desc: WorkflowExecutionDescription) -> PendingStep | None:
     for act in desc.raw_description.pending_activities:
         name = act.activity_type.name
         return PendingStep(
-            step=names.STEP_OF_ACTIVITY.get(name, name),
+            step=STEP_OF_ACTIVITY.get(name, name),
             activity=name,
             activity_id=act.activity_id,
             attempt=act.attempt,
@@ -176,7 +177,7 @@ class _Timeline:
 
     def _scheduled(self, event: HistoryEvent) -> None:
         name = event.activity_task_scheduled_event_attributes.activity_type.name
-        self.step_of[event.event_id] = names.STEP_OF_ACTIVITY.get(name, name)
+        self.step_of[event.event_id] = STEP_OF_ACTIVITY.get(name, name)
 
     def _started(self, event: HistoryEvent) -> None:
         # Written once per scheduled activity, when it closes, with its last attempt number.
@@ -208,7 +209,7 @@ class _Timeline:
 
     def steps(self) -> list[StepStatus]:
         found = []
-        for step in names.STEPS:
+        for step in STEPS:
             when, summary = self.done.get(step, (None, ""))
             found.append(
                 StepStatus(
@@ -263,16 +264,18 @@ def receipt_summary(step: str, receipt: dict[str, Any]) -> str:
     """
     file = receipt.get("file") or {}
     text = {
-        "zip": lambda: (
+        Step.ZIP: lambda: (
             f"{file.get('relpath')} ({_size(file.get('size', 0))}, "
             f"{receipt.get('members')} members, {receipt.get('raws')} raws)"
         ),
-        "export": lambda: (
+        Step.EXPORT: lambda: (
             f"{file.get('relpath')} ({receipt.get('records')} records, "
             f"tracts {', '.join(map(str, receipt.get('tracts') or [])) or 'none'})"
         ),
-        "ingest": lambda: f"{receipt.get('datasets')} datasets in the main butler",
-        "register": lambda: f"{receipt.get('files')} files in {len(receipt.get('datasets') or [])} datasets",
-        "tag": lambda: f"{receipt.get('dataset')} closed, {receipt.get('metadata')}",
+        Step.INGEST: lambda: f"{receipt.get('datasets')} datasets in the main butler",
+        Step.REGISTER: lambda: (
+            f"{receipt.get('files')} files in {len(receipt.get('datasets') or [])} datasets"
+        ),
+        Step.TAG: lambda: f"{receipt.get('dataset')} closed, {receipt.get('metadata')}",
     }.get(step, lambda: "")()
     return f"{text} (already done)" if receipt.get("already_done") else text

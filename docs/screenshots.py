@@ -40,14 +40,15 @@ from urllib.parse import quote
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from unembargo.client.connection import connect
-from unembargo.client.starter import start_exposures
+from unembargo.adapters.s3 import use_loopback_credentials
 from unembargo.client.status import exposure_status
-from unembargo.devstack import lsstcam, stack
+from unembargo.devstack import lsstcam
 from unembargo.devstack.s3 import LOCAL_ENV
 from unembargo.devstack.seed import SeededExposure, seed_exposure
+from unembargo.engine.connection import connect
+from unembargo.engine.starter import start_exposures
 from unembargo.models import names
-from unembargo.models.exposure import Exposure, Policy, StepQueues
+from unembargo.models.exposure import STEPS, Exposure, Policy, Step, StepQueues
 from unembargo.models.settings import Settings
 from unembargo.models.tables import Location, step_queues, upsert_location
 from unembargo.models.tables import connect as db_connect
@@ -239,7 +240,7 @@ async def photograph(
     stuck = scenes["stuck"][0]
     run_id = (await client.get_workflow_handle(stuck).describe()).run_id
     page = ui(settings, f"workflows/{stuck}/{run_id}")
-    register = names.ACTIVITY["register"]
+    register = STEPS[Step.REGISTER].activity
     browser.shoot(f"{page}/pending-activities", out / "stuck-pending.png", shows=[register, "Last Failure"],
                   size=(1600, 1000))  # fmt: skip
     browser.shoot(f"{page}/history", out / "stuck-history.png", shows=[register], size=(1600, 1200))
@@ -250,7 +251,7 @@ async def main(out: Path) -> None:
     if binary is None:
         raise SystemExit("no chromium: apt-get install -y chromium")
     settings = Settings(otel_exporter="none")
-    stack.use_local_credentials(settings)
+    use_loopback_credentials(settings.s3_endpoint_url)
     client = await connect(settings)
     day = scene_day()
     out.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,17 @@ contents, no per-file lists.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from types import MappingProxyType
+
+from temporalio.common import RetryPolicy
 
 from unembargo.models import names
+from unembargo.models.errors import NON_RETRYABLE
+from unembargo.models.flow import StepSpec, step_of_activity
 
 
 @dataclass(frozen=True)
@@ -23,15 +31,23 @@ class Exposure:
     exposure_id: int
 
 
-@dataclass(frozen=True)
-class StepQueues:
-    """Task queue of each step: the location whose storage or service it needs."""
+class Step(StrEnum):
+    """The five steps of an exposure, in order (design.md "The job")."""
 
-    zip: str
-    export: str
-    ingest: str
-    register: str
-    tag: str
+    ZIP = "zip"
+    EXPORT = "export"
+    INGEST = "ingest"
+    REGISTER = "register"
+    TAG = "tag"
+
+
+# Kinds of location the steps need: the destination disk (and the butlers beside it),
+# or the Rucio service.
+DESTINATION = "destination"
+RUCIO = "rucio"
+
+# Step -> its task queue (that of the location whose storage or service it needs).
+StepQueues = dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -64,8 +80,10 @@ def check_input(inp: ExposureInput) -> ExposureInput:
     names.check_name("obs_id", exp.obs_id)
     if not isinstance(exp.exposure_id, int) or isinstance(exp.exposure_id, bool) or exp.exposure_id < 0:
         raise names.InvalidName(f"exposure_id {exp.exposure_id!r} is not a non-negative integer")
-    for step in names.STEPS:
-        names.check_name(f"task queue of step {step}", getattr(inp.queues, step))
+    for step in STEPS:
+        if step not in inp.queues:
+            raise names.InvalidName(f"no task queue for step {step}")
+        names.check_name(f"task queue of step {step}", inp.queues[step])
     return inp
 
 
@@ -135,6 +153,39 @@ class TagReceipt:
     dataset: str
     metadata: str
     already_done: bool
+
+
+# Transient failures (network, 5xx, database busy, service down) retry forever with
+# backoff, visibly in the UI; bad input fails at once under its error's name.
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    non_retryable_error_types=NON_RETRYABLE,
+)
+
+# The exposure flow's steps. Timeouts bound one attempt: the zip moves a whole focal
+# plane (205 files, up to a few GB); the others are a handful of service calls.
+STEPS: Mapping[Step, StepSpec] = MappingProxyType(
+    {
+        Step.ZIP: StepSpec(
+            "zip_exposure", StepInput, ZipReceipt, DESTINATION, timedelta(hours=1), STEP_RETRY
+        ),
+        Step.EXPORT: StepSpec(
+            "export_dimensions", StepInput, ExportReceipt, DESTINATION, timedelta(minutes=10), STEP_RETRY
+        ),
+        Step.INGEST: StepSpec(
+            "ingest_zip", IngestInput, IngestReceipt, DESTINATION, timedelta(minutes=30), STEP_RETRY
+        ),
+        Step.REGISTER: StepSpec(
+            "register_in_rucio", RegisterInput, RegisterReceipt, RUCIO, timedelta(minutes=10), STEP_RETRY
+        ),
+        Step.TAG: StepSpec("tag_obs_dataset", StepInput, TagReceipt, RUCIO, timedelta(minutes=5), STEP_RETRY),
+    }
+)
+
+# Activity name -> its step (status, spans, log lines).
+STEP_OF_ACTIVITY = step_of_activity(STEPS)
 
 
 @dataclass

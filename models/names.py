@@ -15,12 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from temporalio.common import SearchAttributeKey
+
 from unembargo.models.errors import UnsafeKey
 
-# The five steps of an exposure, in order (design.md "The job").
-STEPS = ("zip", "export", "ingest", "register", "tag")
-# Values of the `step` search attribute besides the steps: started but not yet at
-# zip; an incomplete exposure waiting on a timer for its raws; all five done.
+# Values of the `step` search attribute besides the steps (models/exposure.Step): started
+# but not yet at zip; an incomplete exposure waiting on a timer for its raws; all five done.
 STEP_QUEUED = "queued"
 STEP_WAITING = "waiting"
 STEP_DONE = "done"
@@ -41,13 +41,19 @@ NO_TRACT = "NoTract"
 BACKUP_KEY = "arcBackup"
 BACKUP_VALUE = "SLAC_RAW_DISK_BKUP:need"
 
-# Custom search attributes on every exposure workflow (keyword type).
-SA_INSTRUMENT = "instrument"
-SA_DAY_OBS = "day_obs"
-SA_OBS_ID = "obs_id"
-SA_STEP = "step"
-# Name -> Temporal type; day_obs is an Int so the UI can filter ranges of days.
-SEARCH_ATTRIBUTES = {SA_INSTRUMENT: "Keyword", SA_DAY_OBS: "Int", SA_OBS_ID: "Keyword", SA_STEP: "Keyword"}
+# Custom search attributes on every exposure workflow; day_obs is an Int so the UI can
+# filter ranges of days.
+SA_INSTRUMENT = SearchAttributeKey.for_keyword("instrument")
+SA_DAY_OBS = SearchAttributeKey.for_int("day_obs")
+SA_OBS_ID = SearchAttributeKey.for_keyword("obs_id")
+SA_STEP = SearchAttributeKey.for_keyword("step")
+# Name -> Temporal type, as the server registers them.
+SEARCH_ATTRIBUTES = {
+    SA_INSTRUMENT.name: "Keyword",
+    SA_DAY_OBS.name: "Int",
+    SA_OBS_ID.name: "Keyword",
+    SA_STEP.name: "Keyword",
+}
 
 
 class InvalidName(UnsafeKey, ValueError):
@@ -182,8 +188,8 @@ def day_workflows_query(instrument: str, day_obs: int) -> str:
     """Temporal visibility query listing every exposure workflow of a day."""
     instrument, day_obs = check_name("instrument", instrument), check_day_obs(day_obs)
     return (
-        f'WorkflowType = "{EXPOSURE_WORKFLOW}" AND {SA_INSTRUMENT} = "{instrument}" '
-        f"AND {SA_DAY_OBS} = {day_obs}"
+        f'WorkflowType = "{EXPOSURE_WORKFLOW}" AND {SA_INSTRUMENT.name} = "{instrument}" '
+        f"AND {SA_DAY_OBS.name} = {day_obs}"
     )
 
 
@@ -198,35 +204,11 @@ def location_queue(location: str) -> str:
     return f"unembargo-loc-{check_name('location', location)}"
 
 
-# Registered activity names, one per step; workflows call activities by name so
-# they never import the activity modules (and their heavy libraries).
-ACTIVITY = {
-    "zip": "zip_exposure",
-    "export": "export_dimensions",
-    "ingest": "ingest_zip",
-    "register": "register_in_rucio",
-    "tag": "tag_obs_dataset",
-}
-
-# Which kind of location each step needs: the destination disk, or the Rucio service.
-STEP_LOCATION_KIND = {
-    "zip": "destination",
-    "export": "destination",
-    "ingest": "destination",
-    "register": "rucio",
-    "tag": "rucio",
-}
-
 EXPOSURE_WORKFLOW = "UnembargoExposure"
-
-# The step an activity name belongs to (for status, spans and log lines).
-STEP_OF_ACTIVITY = {activity: step for step, activity in ACTIVITY.items()}
 
 # Runs that ``unembargo schedule`` starts: select due exposures, start their workflows.
 SELECT_WORKFLOW = "UnembargoSelectAndStart"
 SELECT_ACTIVITY = "select_and_start"
-# The selection reads the embargo butler, as zip does: it runs where zip runs.
-SELECT_LOCATION_KIND = STEP_LOCATION_KIND["zip"]
 
 
 def schedule_id(instrument: str) -> str:
@@ -238,7 +220,11 @@ def exposure_attributes(
     instrument: str, day_obs: int, obs_id: str, step: str | None = None
 ) -> dict[str, str | int]:
     """Span attributes and log fields of an exposure: the keys of its search attributes."""
-    found: dict[str, str | int] = {SA_INSTRUMENT: instrument, SA_DAY_OBS: day_obs, SA_OBS_ID: obs_id}
+    found: dict[str, str | int] = {
+        SA_INSTRUMENT.name: instrument,
+        SA_DAY_OBS.name: day_obs,
+        SA_OBS_ID.name: obs_id,
+    }
     if step is not None:
-        found[SA_STEP] = step
+        found[SA_STEP.name] = step
     return found

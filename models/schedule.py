@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from unembargo.models.exposure import Step
+
+# The selection reads the embargo butler, as zip does: it runs on the queue that zips.
+SELECT_STEP = Step.ZIP
+
 
 @dataclass(frozen=True)
 class SelectInput:

@@ -17,8 +17,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from unembargo.models.exposure import StepQueues
-from unembargo.models.names import STEP_LOCATION_KIND, location_queue
+from unembargo.models.exposure import STEPS, StepQueues
+from unembargo.models.names import location_queue
 
 
 def _now() -> datetime:
@@ -35,7 +35,7 @@ class Site(SQLModel, table=True):
 class Location(SQLModel, table=True):
     """Storage or a service at a site; its workers poll the location's task queue.
 
-    ``kind`` says which steps it serves (see names.STEP_LOCATION_KIND); the active
+    ``kind`` says which steps it serves (each step's ``location`` in its flow's table); the active
     location with the highest priority of a kind gets that kind's steps.
     """
 
@@ -87,8 +87,9 @@ def get_location(session: Session, name: str) -> Location:
 
 def step_queues(session: Session) -> StepQueues:
     """Each step's task queue: that of the best active location of the kind it needs."""
-    queues = {}
-    for step, kind in STEP_LOCATION_KIND.items():
+    queues: StepQueues = {}
+    for step, spec in STEPS.items():
+        kind = spec.location
         best = session.exec(
             select(Location)
             .where(Location.kind == kind, Location.active == True)  # noqa: E712 - SQL expression
@@ -97,7 +98,7 @@ def step_queues(session: Session) -> StepQueues:
         if best is None:
             raise NoLocation(f"no active location of kind {kind!r} for step {step!r}")
         queues[step] = location_queue(best.name)
-    return StepQueues(**queues)
+    return queues
 
 
 def upsert_location(session: Session, location: Location) -> None:

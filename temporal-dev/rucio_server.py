@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from unembargo.activities.rucio_client import connect
+from unembargo.adapters.rucio_client import connect
 from unembargo.devstack import procs
 from unembargo.devstack.procs import StackError
 from unembargo.models import names

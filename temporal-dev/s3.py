@@ -7,19 +7,14 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from unembargo.adapters.s3 import LOOPBACK_KEYS
 from unembargo.devstack import procs
 from unembargo.models.settings import Settings, host_port
 
 NAME = "s3"
 
-# moto accepts any key; these keep boto3 away from a user's real AWS config.
-LOCAL_ENV = {
-    "AWS_ACCESS_KEY_ID": "unembargo-local",
-    "AWS_SECRET_ACCESS_KEY": "unembargo-local",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    "AWS_CONFIG_FILE": "/dev/null",
-}
+# moto accepts any key: the loopback keys of adapters/s3.py.
+LOCAL_ENV = LOOPBACK_KEYS
 
 
 def address(settings: Settings) -> str:

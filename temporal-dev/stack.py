@@ -8,10 +8,10 @@ exactly what ``up`` started, ``status`` tells each service's address and health.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from unembargo.adapters.s3 import use_loopback_credentials
 from unembargo.devstack import postgres, procs, rucio_server, s3, temporal, worker
 from unembargo.models.settings import Settings
 
@@ -52,16 +52,9 @@ SERVICES = [
 ]
 
 
-def use_local_credentials(settings: Settings) -> None:
-    """Give boto3 the local endpoint's dummy keys, unless real ones are configured."""
-    if settings.s3_endpoint_url and "127.0.0.1" in settings.s3_endpoint_url:
-        for key, value in s3.LOCAL_ENV.items():
-            os.environ.setdefault(key, value)
-
-
 def up(settings: Settings, on_step: Callable[[str, str], None] = lambda n, a: None) -> dict[str, str]:
     """Bring every service up; returns name -> 'started' | 'already up' | 'reused'."""
-    use_local_credentials(settings)
+    use_loopback_credentials(settings.s3_endpoint_url)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     # The local destination "disk"; in production it is a mount the workers require.
     settings.dest_root.mkdir(parents=True, exist_ok=True)

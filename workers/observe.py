@@ -20,8 +20,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
-from unembargo.client.telemetry import log_fields
+from unembargo.engine.telemetry import log_fields
 from unembargo.models import names
+from unembargo.models.exposure import STEP_OF_ACTIVITY
 
 # Longest error message reported to Temporal; the rest is in the worker log.
 MESSAGE_LIMIT = 1500
@@ -37,7 +38,7 @@ class ActivityObserver(Interceptor):
 def attempt_attributes(args: Sequence[Any], activity_type: str) -> dict[str, str | int]:
     """The exposure and step of a step activity's input; empty for other activities."""
     exposure = getattr(args[0], "exposure", None) if args else None
-    step = names.STEP_OF_ACTIVITY.get(activity_type)
+    step = STEP_OF_ACTIVITY.get(activity_type)
     if exposure is None:
         return {}
     return names.exposure_attributes(exposure.instrument, exposure.day_obs, exposure.obs_id, step)

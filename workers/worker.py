@@ -2,8 +2,9 @@
 
 Each location has its own task queue; a worker serves the queues of the locations
 whose storage or service it can reach (several workers, on several machines, may
-serve one location). Which activities a location runs follows from its kind; the
-schedule's selection runs where zip runs (names.SELECT_LOCATION_KIND).
+serve one location). Which activities a location runs follows from its kind and the
+flow's step table (models/exposure.STEPS); the schedule's selection runs where its
+step runs (models/schedule.SELECT_STEP).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from temporalio.worker import Worker
 from unembargo.activities.butler import ButlerActivities
 from unembargo.activities.context import Resources
 from unembargo.activities.rucio import RucioActivities
-from unembargo.activities.temporal import StartingActivities
+from unembargo.activities.scheduled import StartingActivities
 from unembargo.activities.zip import ZipActivities
-from unembargo.models.names import SELECT_LOCATION_KIND, STEP_LOCATION_KIND, location_queue
+from unembargo.models.exposure import STEPS, Step
+from unembargo.models.flow import steps_at
+from unembargo.models.names import location_queue
+from unembargo.models.schedule import SELECT_STEP
 from unembargo.models.settings import Settings
 from unembargo.models.tables import get_location
 from unembargo.workers.memory import map_large_buffers
@@ -34,25 +38,17 @@ from unembargo.workflows.select import SelectAndStartWorkflow
 
 log = logging.getLogger(__name__)
 
-# Steps each location kind runs, derived from the one table in names.py.
-KIND_STEPS = {
-    kind: [step for step, k in STEP_LOCATION_KIND.items() if k == kind]
-    for kind in set(STEP_LOCATION_KIND.values())
-}
 
-
-def step_activities(resources: Resources) -> dict[str, Callable[..., Any]]:
-    """Step name -> activity callable, all sharing one Resources."""
-    zipper = ZipActivities(resources)
-    butler = ButlerActivities(resources)
-    rucio = RucioActivities(resources)
-    return {
-        "zip": zipper.zip_exposure,
-        "export": butler.export_dimensions,
-        "ingest": butler.ingest_zip,
-        "register": rucio.register_in_rucio,
-        "tag": rucio.tag_obs_dataset,
-    }
+def step_activities(resources: Resources) -> dict[Step, Callable[..., Any]]:
+    """Step -> its activity: the method named as the step's spec names its activity."""
+    implementations = (ZipActivities(resources), ButlerActivities(resources), RucioActivities(resources))
+    found = {}
+    for step, spec in STEPS.items():
+        owners = [impl for impl in implementations if hasattr(impl, spec.activity)]
+        if len(owners) != 1:
+            raise LookupError(f"step {step}: {len(owners)} implementations of activity {spec.activity!r}")
+        found[step] = getattr(owners[0], spec.activity)
+    return found
 
 
 def build_workers(
@@ -72,8 +68,8 @@ def build_workers(
     with Session(resources.engine) as session:
         kinds = {name: get_location(session, name).kind for name in locations}
     for name, kind in kinds.items():
-        served = [activities[step] for step in KIND_STEPS.get(kind, [])]
-        if kind == SELECT_LOCATION_KIND:
+        served = [activities[step] for step in steps_at(STEPS, kind)]
+        if kind == STEPS[SELECT_STEP].location:
             served.append(selection)
         workers.append(
             Worker(

@@ -7,62 +7,35 @@ step that is not done and never repeats a side effect.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from opentelemetry import trace
 
     from unembargo.models import names
-    from unembargo.models.errors import NON_RETRYABLE, RERUN
+    from unembargo.models.errors import RERUN
     from unembargo.models.exposure import (
+        STEPS,
         ExportReceipt,
         Exposure,
         ExposureInput,
         ExposureState,
         IngestInput,
-        IngestReceipt,
         RegisterInput,
-        RegisterReceipt,
+        Step,
         StepInput,
         StepState,
-        TagReceipt,
         ZipReceipt,
         check_input,
     )
-
-T = TypeVar("T")
-
-SA_INSTRUMENT = SearchAttributeKey.for_keyword(names.SA_INSTRUMENT)
-SA_DAY_OBS = SearchAttributeKey.for_int(names.SA_DAY_OBS)
-SA_OBS_ID = SearchAttributeKey.for_keyword(names.SA_OBS_ID)
-SA_STEP = SearchAttributeKey.for_keyword(names.SA_STEP)
-
-# Transient failures (network, 5xx, database busy, service down) retry forever with
-# backoff, visibly in the UI; bad input fails at once under its error's name.
-STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-    non_retryable_error_types=NON_RETRYABLE,
-)
-
-# Upper bounds on one attempt of each step. The zip moves a whole focal plane
-# (205 files, up to a few GB); the others are a handful of service calls.
-STEP_TIMEOUT = {
-    "zip": timedelta(hours=1),
-    "export": timedelta(minutes=10),
-    "ingest": timedelta(minutes=30),
-    "register": timedelta(minutes=10),
-    "tag": timedelta(minutes=5),
-}
+    from unembargo.models.names import SA_DAY_OBS, SA_INSTRUMENT, SA_OBS_ID, SA_STEP
 
 # Patch ids (workflow.patched): runs recorded before a change replay without it.
 # Marks the `step` search attribute "waiting" while an incomplete exposure waits.
@@ -72,9 +45,7 @@ WAITING_STEP_PATCH = "step-waiting"
 @workflow.defn(name=names.EXPOSURE_WORKFLOW)
 class ExposureWorkflow:
     def __init__(self) -> None:
-        self._state = ExposureState(
-            obs_id="", current=None, steps={step: StepState() for step in names.STEPS}
-        )
+        self._state = ExposureState(obs_id="", current=None, steps={step: StepState() for step in STEPS})
 
     @workflow.query
     def state(self) -> ExposureState:
@@ -94,36 +65,38 @@ class ExposureWorkflow:
             ]
         )
         with _span("exposure", exp, workflow_id=workflow.info().workflow_id):
-            zipped = await _traced(exp, "zip", self._zip_when_complete(inp))
-            exported = await _traced(exp, "export", self._step(inp, "export", StepInput(exp), ExportReceipt))
-            await _traced(
-                exp, "ingest", self._step(inp, "ingest", IngestInput(exp, zipped.file), IngestReceipt)
-            )
+            zipped: ZipReceipt = await self._zip_when_complete(inp)
+            exported: ExportReceipt = await self._step(inp, Step.EXPORT, StepInput(exp))
+            await self._step(inp, Step.INGEST, IngestInput(exp, zipped.file))
             register = RegisterInput(exp, zipped.file, exported.file, exported.tracts)
-            await _traced(exp, "register", self._step(inp, "register", register, RegisterReceipt))
-            await _traced(exp, "tag", self._step(inp, "tag", StepInput(exp), TagReceipt))
+            await self._step(inp, Step.REGISTER, register)
+            await self._step(inp, Step.TAG, StepInput(exp))
         self._state.current = None
         workflow.upsert_search_attributes([SA_STEP.value_set(names.STEP_DONE)])
         return self._state
 
     async def _zip_when_complete(self, inp: ExposureInput) -> ZipReceipt:
         """Zip, waiting on a durable timer while raws are still missing."""
+        with _span(f"step:{Step.ZIP}", inp.exposure, Step.ZIP) as span:
+            receipt: ZipReceipt = await self._zip_waiting(inp)
+            span.set_attribute("already_done", receipt.already_done)
+            return receipt
+
+    async def _zip_waiting(self, inp: ExposureInput) -> ZipReceipt:
         deadline = workflow.now() + timedelta(seconds=inp.policy.incomplete_wait_s)
         while True:
             try:
-                receipt: ZipReceipt = await self._step(
-                    inp, "zip", StepInput(inp.exposure), ZipReceipt, wrap=False
-                )
+                receipt: ZipReceipt = await self._act(inp, Step.ZIP, StepInput(inp.exposure))
                 self._state.waiting_for = None
                 return receipt
             except ActivityError as err:
                 cause = err.cause
                 incomplete = isinstance(cause, ApplicationError) and cause.type == "IncompleteExposure"
                 if not incomplete:
-                    raise _named(err, "zip") from err
+                    raise _named(err, Step.ZIP) from err
                 if workflow.now() >= deadline:
                     raise ApplicationError(
-                        f"step zip: gave up after waiting {inp.policy.incomplete_wait_s:.0f}s: "
+                        f"step {Step.ZIP}: gave up after waiting {inp.policy.incomplete_wait_s:.0f}s: "
                         f"{cause.message} Once the raws are in, {RERUN}.",
                         type="IncompleteExposure",
                         non_retryable=True,
@@ -138,30 +111,30 @@ class ExposureWorkflow:
         if workflow.patched(WAITING_STEP_PATCH):
             workflow.upsert_search_attributes([SA_STEP.value_set(names.STEP_WAITING)])
 
-    async def _step(
-        self,
-        inp: ExposureInput,
-        step: str,
-        arg: Any,
-        result_type: type,
-        wrap: bool = True,
-    ) -> Any:
+    async def _step(self, inp: ExposureInput, step: Step, arg: Any) -> Any:
+        """Run one step in its span; a failure ends the run under the step's error name."""
+        with _span(f"step:{step}", inp.exposure, step) as span:
+            try:
+                receipt = await self._act(inp, step, arg)
+            except ActivityError as err:
+                raise _named(err, step) from err
+            span.set_attribute("already_done", bool(getattr(receipt, "already_done", False)))
+            return receipt
+
+    async def _act(self, inp: ExposureInput, step: Step, arg: Any) -> Any:
+        """Run one step's activity on its location's queue, as its spec says; record the receipt."""
+        spec = STEPS[step]
         self._state.current = step
         workflow.upsert_search_attributes([SA_STEP.value_set(step)])
-        try:
-            receipt = await workflow.execute_activity(
-                names.ACTIVITY[step],
-                arg,
-                result_type=result_type,
-                task_queue=getattr(inp.queues, step),
-                start_to_close_timeout=STEP_TIMEOUT[step],
-                heartbeat_timeout=timedelta(seconds=inp.policy.heartbeat_s),
-                retry_policy=STEP_RETRY,
-            )
-        except ActivityError as err:
-            if wrap:
-                raise _named(err, step) from err
-            raise
+        receipt = await workflow.execute_activity(
+            spec.activity,
+            arg,
+            result_type=spec.receipt,
+            task_queue=inp.queues[step],
+            start_to_close_timeout=spec.timeout,
+            heartbeat_timeout=timedelta(seconds=inp.policy.heartbeat_s),
+            retry_policy=spec.retry,
+        )
         self._state.steps[step] = StepState(
             done=True, when=workflow.now().isoformat(), receipt=asdict(receipt)
         )
@@ -174,14 +147,6 @@ def _span(name: str, exp: Exposure, step: str | None = None, **extra: str) -> It
     attributes = {**names.exposure_attributes(exp.instrument, exp.day_obs, exp.obs_id, step), **extra}
     with trace.get_tracer(__name__).start_as_current_span(name, attributes=attributes) as span:
         yield span
-
-
-async def _traced(exp: Exposure, step: str, work: Awaitable[T]) -> T:
-    """Await one step inside its span (the activity's spans nest under it)."""
-    with _span(f"step:{step}", exp, step) as span:
-        receipt = await work
-        span.set_attribute("already_done", bool(getattr(receipt, "already_done", False)))
-        return receipt
 
 
 def _checked(inp: ExposureInput) -> None:

@@ -13,7 +13,7 @@ and ``safe_load`` use the C classes with every tag the butler registered on
 written may be formatted differently; what it reads back as is the same, which is
 what the export step checks. Without libyaml nothing changes.
 
->>> from unembargo.activities import libyaml
+>>> from unembargo.adapters import libyaml
 >>> libyaml.use_for_butler_transfers()
 True
 """

@@ -4,9 +4,9 @@ unembargoed, each side effect done exactly once.
 Faults: workers SIGKILLed at random instants while two workers serve the same
 locations; S3 refusing connections, the Rucio server and PostgreSQL stopped, the
 Temporal server stopped and restarted on its state file; the destination filesystem
-full. Every outcome is read back from the systems themselves (tests/verify.py, the
+full. Every outcome is read back from the systems themselves (tests/stack/verify.py, the
 destination's inodes, the main butler, Rucio). The default variant is sized for CI;
-``pytest tests/test_faults.py -m slow -s`` runs the full-size one (docs/reliability.md).
+``pytest tests/stack/test_faults.py -m slow -s`` runs the full-size one (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ from support import (
     poll_until,
     start_one,
 )
-from unembargo.activities.rucio_client import connect as rucio_connect
+from unembargo.adapters.rucio_client import connect as rucio_connect
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
-from unembargo.models.exposure import Policy
+from unembargo.models.exposure import STEPS, Policy, Step
 from unembargo.models.settings import Settings
 from verify import check_unembargoed
 
@@ -395,9 +395,9 @@ async def outages(fault: FaultStack, own: Settings, size: Size, rows: list[Row])
 
 # Activities that need each service, so retry visibly while it is down.
 NEEDS = {
-    "s3": {names.ACTIVITY["zip"]},
-    "rucio": {names.ACTIVITY["register"], names.ACTIVITY["tag"]},
-    "postgres": {names.ACTIVITY["register"], names.ACTIVITY["tag"]},
+    "s3": {STEPS[Step.ZIP].activity},
+    "rucio": {STEPS[Step.REGISTER].activity, STEPS[Step.TAG].activity},
+    "postgres": {STEPS[Step.REGISTER].activity, STEPS[Step.TAG].activity},
 }
 
 
@@ -519,7 +519,7 @@ async def _waiting_full(run: Run) -> list[tuple[WorkflowHandle[object, object], 
         for p in (await handle.describe()).raw_description.pending_activities:
             failure = p.last_failure
             if (
-                p.activity_type.name == names.ACTIVITY["zip"]
+                p.activity_type.name == STEPS[Step.ZIP].activity
                 and p.attempt > 1
                 and p.state == PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED
                 and failure.application_failure_info.type == "DestinationFull"

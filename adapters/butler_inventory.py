@@ -17,8 +17,8 @@ from typing import Any
 
 from lsst.daf.butler import Butler, DimensionRecord, MissingDatasetTypeError
 
-from unembargo.activities.butler import RAW_TYPES
-from unembargo.activities.selection import select_exposures
+from unembargo.adapters.butler import RAW_TYPES
+from unembargo.adapters.selection import select_exposures
 from unembargo.models import names
 from unembargo.models.reconcile import EmbargoExposure, MainHolding
 from unembargo.models.settings import EmbargoRule

@@ -20,14 +20,14 @@ from pathlib import Path
 from sqlmodel import Session, select
 from temporalio.client import Client, WorkflowHandle
 
-from unembargo.client.starter import start_exposures
 from unembargo.devstack.s3 import LOCAL_ENV
 from unembargo.devstack.seed import SeededExposure
+from unembargo.engine.starter import start_exposures
 from unembargo.models.exposure import Exposure, Policy, StepQueues
 from unembargo.models.settings import Settings
 from unembargo.models.tables import Effect, Location, connect, step_queues, upsert_location
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STACK_DIR = REPO / ".dev" / "test-stack"
 # Ports of this checkout's test stack: a block derived from its path, so two checkouts
 # on one machine (a developer's and CI's clean clone) never share services. Below 32768,

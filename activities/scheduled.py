@@ -1,7 +1,7 @@
 """The Temporal service as an external system: the scheduled selection starts exposure workflows.
 
-It runs the selection of ``unembargo start`` (activities/selection.py, on the embargo
-butler) and starts through ``client.starter``, so ids, search attributes and the
+It runs the selection of ``unembargo start`` (adapters/selection.py, on the embargo
+butler) and starts through ``engine.starter``, so ids, search attributes and the
 refusal to start an existing id are the same whichever way an exposure is started.
 """
 
@@ -16,10 +16,9 @@ from temporalio import activity
 from temporalio.client import Client
 
 from unembargo.activities.context import Resources
-from unembargo.activities.selection import select_exposures
-from unembargo.client.run import settings_policy
-from unembargo.client.starter import start_exposures
-from unembargo.client.telemetry import new_traces
+from unembargo.adapters.selection import select_exposures
+from unembargo.engine.starter import settings_policy, start_exposures
+from unembargo.engine.telemetry import new_traces
 from unembargo.models import names
 from unembargo.models.exposure import Exposure
 from unembargo.models.schedule import SelectInput, SelectResult

@@ -22,13 +22,12 @@ from sqlmodel import Session
 from temporalio.client import Client
 
 from support import fresh_day, poll_until
-from unembargo.client.connection import connect
-from unembargo.client.starter import start_exposures
-from unembargo.client.telemetry import ExposureFields, span_processor, tracer_provider, traces_url
 from unembargo.devstack.seed import SeededExposure, seed_exposure
+from unembargo.engine.connection import connect
+from unembargo.engine.starter import start_exposures
+from unembargo.engine.telemetry import ExposureFields, span_processor, tracer_provider, traces_url
 from unembargo.models.errors import SourceMismatch
-from unembargo.models.exposure import Exposure, Policy
-from unembargo.models.names import ACTIVITY, STEPS
+from unembargo.models.exposure import STEPS, Exposure, Policy
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect as db_connect
 from unembargo.models.tables import step_queues
@@ -121,7 +120,7 @@ async def test_one_trace_per_exposure_with_a_span_per_step(
     assert starts == sorted(starts)
     assert all(s.attributes and s.attributes["already_done"] is False for s in steps)
     for step, span in zip(STEPS, steps, strict=True):
-        attempt = by_name[f"activity:{ACTIVITY[step]}"]
+        attempt = by_name[f"activity:{STEPS[step].activity}"]
         assert attempt.parent is not None and attempt.parent.span_id == span.context.span_id
         assert attempt.attributes and (attempt.attributes["step"], attempt.attributes["attempt"]) == (step, 1)
     assert len(spans) == 1 + 2 * len(STEPS), sorted(s.name for s in spans)

@@ -36,11 +36,12 @@ from pydantic import SecretStr
 from sqlmodel import Session, func, select
 from temporalio.testing import ActivityEnvironment
 
-from unembargo.activities import destination
-from unembargo.activities.butler import ButlerActivities, collect_records, write_yaml, yaml_problems
+from unembargo.activities.butler import ButlerActivities
 from unembargo.activities.context import Resources
-from unembargo.activities.selection import select_exposures
 from unembargo.activities.zip import ZipActivities
+from unembargo.adapters import destination
+from unembargo.adapters.butler import collect_records, write_yaml, yaml_problems
+from unembargo.adapters.selection import select_exposures
 from unembargo.devstack import lsstcam
 from unembargo.devstack.butler_repos import GUIDER_RAW, GUIDER_RUN, RAW, RAW_RUN
 from unembargo.devstack.formatter import SyntheticRawFormatter

@@ -38,16 +38,16 @@ from temporalio.service import RPCError
 
 from support import WorkerProcess, fresh_day, plant_foreign_zip, poll_until, start_one
 from unembargo.activities.context import Resources
-from unembargo.activities.zip import Folder, member_name
-from unembargo.client.codec import ENCODING, PayloadCodecAES, PayloadKeyError, new_key, read_key
-from unembargo.client.connection import connect
-from unembargo.client.starter import start_exposures
+from unembargo.adapters.zipping import Folder, member_name
 from unembargo.client.status import exposure_status
 from unembargo.devstack import postgres
 from unembargo.devstack.seed import SeededExposure, seed_exposure
+from unembargo.engine.codec import ENCODING, PayloadCodecAES, PayloadKeyError, new_key, read_key
+from unembargo.engine.connection import connect
+from unembargo.engine.starter import start_exposures
 from unembargo.models import names
 from unembargo.models.errors import UnsafeKey
-from unembargo.models.exposure import Exposure, ExposureInput, Policy, StepQueues
+from unembargo.models.exposure import DESTINATION, STEPS, Exposure, ExposureInput, Policy, StepQueues
 from unembargo.models.settings import Settings
 from unembargo.models.tables import Location, upsert_location
 from unembargo.models.tables import connect as db_connect
@@ -141,7 +141,7 @@ def _locations(settings: Settings, kind_names: dict[str, str]) -> None:
 
 def _queues(dest: str, rucio: str) -> StepQueues:
     d, r = names.location_queue(dest), names.location_queue(rucio)
-    return StepQueues(zip=d, export=d, ingest=d, register=r, tag=r)
+    return {step: d if spec.location == DESTINATION else r for step, spec in STEPS.items()}
 
 
 def _site(base: Settings, secrets: Secrets, label: str, **update: Any) -> Site:

@@ -26,17 +26,17 @@ from lsst.daf.butler import Butler
 from sqlmodel import Session, select
 from temporalio.testing import ActivityEnvironment
 
-from unembargo.activities import destination
 from unembargo.activities.context import Resources
-from unembargo.activities.headers import METADATA_INDEX, raw_metadata
-from unembargo.activities.s3 import S3Object, SourceChanged, list_folder, read_verified
-from unembargo.activities.zip import (
+from unembargo.activities.zip import ZipActivities
+from unembargo.adapters import destination
+from unembargo.adapters.headers import METADATA_INDEX, raw_metadata
+from unembargo.adapters.s3 import S3Object, SourceChanged, list_folder, read_verified
+from unembargo.adapters.zipping import (
     BUTLER_INDEX,
     ByteBudget,
     Folder,
     Member,
     WriteBehind,
-    ZipActivities,
     in_order,
     member_name,
 )

@@ -12,9 +12,9 @@ from temporalio.client import Client
 from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 from temporalio.service import RPCError, RPCStatusCode
 
-from unembargo.client.codec import data_converter
-from unembargo.client.errors import TemporalUnreachable
-from unembargo.client.telemetry import configure_tracing
+from unembargo.engine.codec import data_converter
+from unembargo.engine.errors import TemporalUnreachable
+from unembargo.engine.telemetry import configure_tracing
 from unembargo.models.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,9 @@ from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from support import WorkerProcess, effects, fresh_day, poll_until
-from unembargo.client.starter import start_exposures
 from unembargo.devstack.seed import seed_exposure
-from unembargo.models.exposure import Exposure, Policy
-from unembargo.models.names import STEPS
+from unembargo.engine.starter import start_exposures
+from unembargo.models.exposure import STEPS, Exposure, Policy
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect, step_queues
 from verify import check_unembargoed

@@ -106,7 +106,7 @@ def module_settings(
 @pytest.fixture(scope="session")
 def rucio(settings: Settings) -> RucioClient:
     """An authenticated client of the test stack's Rucio, to check what the code under test did."""
-    from unembargo.activities.rucio_client import connect
+    from unembargo.adapters.rucio_client import connect
 
     return connect(settings)
 

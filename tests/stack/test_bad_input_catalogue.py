@@ -32,13 +32,13 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from support import WorkerProcess, effects, plant_foreign_zip
-from unembargo.client.starter import StartOutcome, start_exposures
 from unembargo.devstack import lsstcam
 from unembargo.devstack.butler_repos import RAW, RAW_RUN
 from unembargo.devstack.formatter import SyntheticRawFormatter
 from unembargo.devstack.seed import SeededExposure, seed_exposure
+from unembargo.engine.starter import StartOutcome, start_exposures
 from unembargo.models import names
-from unembargo.models.exposure import Exposure, Policy
+from unembargo.models.exposure import STEPS, Exposure, Policy, Step
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect, step_queues
 from verify import check_unembargoed, check_zip
@@ -353,7 +353,7 @@ async def _outcome(run: Run, handle: WorkflowHandle[Any, Any]) -> None:
             run.timers += 1
         attrs = event.activity_task_scheduled_event_attributes
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and (
-            attrs.activity_type.name == names.ACTIVITY["zip"]
+            attrs.activity_type.name == STEPS[Step.ZIP].activity
         ):
             run.zip_attempts += 1
 
@@ -406,7 +406,7 @@ def _name_of(runs: Mapping[str, Run], exposure: Exposure) -> str:
 
 def test_docs_table_lists_exactly_the_cases() -> None:
     """docs/bad-input.md has one row per case, in the same order."""
-    table = (Path(__file__).parents[1] / "docs" / "bad-input.md").read_text()
+    table = (Path(__file__).parents[2] / "docs" / "bad-input.md").read_text()
     rows = re.findall(r"^\| `([a-z0-9-]+)` \|", table, flags=re.MULTILINE)
     assert rows == [case.name for case in CASES]
 

@@ -1,6 +1,6 @@
 """Traces and log fields: one trace per exposure, every log line naming its exposure and step.
 
-The Temporal SDK's OpenTelemetry plugin (``client.connection.connect``) carries the
+The Temporal SDK's OpenTelemetry plugin (``engine.connection.connect``) carries the
 trace context from workflow to activity. Spans go to the console (stderr) by
 default, or over OTLP/HTTP when ``otel_endpoint`` is set (``Settings.span_exporter``).
 
@@ -118,7 +118,7 @@ class ExposureFields(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = _fields.get()
-        for key in (SA_OBS_ID, SA_STEP):
+        for key in (SA_OBS_ID.name, SA_STEP.name):
             if not hasattr(record, key):
                 setattr(record, key, fields.get(key, "-"))
         return True

@@ -9,6 +9,7 @@ an object replaced after the listing is noticed instead of zipped.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,45 @@ from unembargo.models.errors import SourceMismatch
 
 # boto3 clients are generated at run time; no type stubs are installed.
 S3Client = Any
+
+# Keys for an S3 endpoint on loopback (the local stack's moto, which takes any key); they
+# also keep boto3 away from a user's real AWS config files.
+LOOPBACK_KEYS = {
+    "AWS_ACCESS_KEY_ID": "unembargo-local",
+    "AWS_SECRET_ACCESS_KEY": "unembargo-local",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    "AWS_CONFIG_FILE": "/dev/null",
+}
+
+
+def connect(endpoint_url: str | None) -> S3Client:
+    """A boto3 S3 client (thread-safe) for ``endpoint_url``.
+
+    It checks a read's body against S3's own checksum only when asked to
+    (``ChecksumMode``): reads whose md5 is checked against the listing need no
+    second pass over their bytes.
+    """
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        config=Config(
+            max_pool_connections=32,
+            retries={"max_attempts": 5, "mode": "standard"},
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def use_loopback_credentials(endpoint_url: str | None) -> None:
+    """Give boto3 the loopback keys when the endpoint is on 127.0.0.1, unless keys are set."""
+    if endpoint_url and "127.0.0.1" in endpoint_url:
+        for key, value in LOOPBACK_KEYS.items():
+            os.environ.setdefault(key, value)
+
 
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 # Reads of one object that disagree with the listing before it counts as broken.

@@ -4,7 +4,7 @@ The unit tests build an ``Inventory`` by hand, one exposure per case, so each cl
 and each reason is pinned down without services. The end-to-end test builds a day
 with an exposure in every class on the real stack (real workflows, real undoing of
 steps), checks the verdicts, repairs the day and checks every eligible exposure
-independently (tests/verify.py).
+independently (tests/stack/verify.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from support import WorkerProcess, plant_foreign_zip, poll_until, start_one
 from unembargo.client.reconcile import ReconcileRequest, Reconciliation, classify, judge, reconcile_day
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
-from unembargo.models.exposure import Policy, StepQueues
+from unembargo.models.exposure import STEPS, Policy, StepQueues
 from unembargo.models.reconcile import (
     EmbargoExposure,
     Inventory,
@@ -85,7 +85,7 @@ def day_with(*obs_ids: str, due: bool = True) -> Inventory:
 def test_everything_in_place_is_unembargoed() -> None:
     inv = day_with(obs(1))
     verdict = judge(inv, obs(1))
-    assert (verdict.klass, verdict.done, verdict.reason) == ("unembargoed", names.STEPS, "every step done")
+    assert (verdict.klass, verdict.done, verdict.reason) == ("unembargoed", tuple(STEPS), "every step done")
     assert not verdict.repairable
 
 

@@ -20,9 +20,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from support import WorkerProcess, add_locations, effects, fresh_day, location_names, poll_until
 from unembargo.client import schedule
-from unembargo.client.connection import connect
 from unembargo.devstack import lsstcam
 from unembargo.devstack.seed import SeededExposure, seed_exposure
+from unembargo.engine.connection import connect
 from unembargo.models import names
 from unembargo.models.settings import Settings
 from verify import check_unembargoed

@@ -25,8 +25,8 @@ from temporalio.testing import ActivityEnvironment
 
 from tcp_proxy import TcpProxy
 from unembargo.activities.context import Resources
-from unembargo.activities.destination import receipt
 from unembargo.activities.rucio import RucioActivities
+from unembargo.adapters.destination import receipt
 from unembargo.models import names
 from unembargo.models.errors import NON_RETRYABLE, BadInput, DestinationConflict, ReplicaConflict
 from unembargo.models.exposure import Exposure, FileReceipt, RegisterInput, StepInput

@@ -26,7 +26,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from unembargo.models import names
 from unembargo.models.exposure import Exposure, ExposureInput, Policy, StepQueues, check_input
-from unembargo.workflows.exposure import SA_DAY_OBS, SA_INSTRUMENT, SA_OBS_ID, SA_STEP
+from unembargo.models.names import SA_DAY_OBS, SA_INSTRUMENT, SA_OBS_ID, SA_STEP
+from unembargo.models.settings import Settings
 
 # Starts in flight at once: enough to hide round trips, few enough for a dev server.
 START_CONCURRENCY = 16
@@ -111,3 +112,11 @@ def _reuse_policy(restart_failed: bool, rerun_completed: bool) -> WorkflowIDReus
     if restart_failed:
         return WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
     return WorkflowIDReusePolicy.REJECT_DUPLICATE
+
+
+def settings_policy(settings: Settings) -> Policy:
+    """The workflow policy the settings ask for."""
+    return Policy(
+        incomplete_wait_s=settings.incomplete_wait.total_seconds(),
+        incomplete_poll_s=settings.incomplete_poll.total_seconds(),
+    )

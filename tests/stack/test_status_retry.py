@@ -25,9 +25,8 @@ from unembargo.client.retry import retry_exposure
 from unembargo.client.status import ExposureStatus, exposure_status
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models.exposure import Policy
-from unembargo.models.names import STEP_WAITING
+from unembargo.models.names import SA_STEP, STEP_WAITING
 from unembargo.models.settings import Settings
-from unembargo.workflows.exposure import SA_STEP
 from verify import check_unembargoed
 
 FAST = Policy(heartbeat_s=5, incomplete_wait_s=600, incomplete_poll_s=2)

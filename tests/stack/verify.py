@@ -16,7 +16,7 @@ from pathlib import Path
 import boto3
 from lsst.daf.butler import Butler
 
-from unembargo.activities.rucio_client import connect as rucio_connect
+from unembargo.adapters.rucio_client import connect as rucio_connect
 from unembargo.models.settings import Settings
 
 INDEXES = {"_butler_zip_index.json", "_metadata_index.json"}

@@ -1,0 +1,1 @@
+"""Temporal plumbing shared by the client and the workers: connection, payload codec, tracing, starts."""
