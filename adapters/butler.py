@@ -87,8 +87,10 @@ def exposure_record(butler: Butler, exp: Exposure, which: str = "embargo") -> Di
 
 def holds_exposure(butler: Butler, exp: Exposure) -> bool:
     """Whether ``butler`` has a record of the exposure's id (whatever it says)."""
-    where = {"instrument": exp.instrument, "exposure": exp.exposure_id}
-    return bool(butler.query_dimension_records("exposure", **where, explain=False, limit=1))
+    found = butler.query_dimension_records(
+        "exposure", instrument=exp.instrument, exposure=exp.exposure_id, explain=False, limit=1
+    )
+    return bool(found)
 
 
 def collect_records(butler: Butler, exp: Exposure) -> Records:

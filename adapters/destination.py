@@ -15,12 +15,20 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from unembargo.models.errors import DestinationFull
 from unembargo.models.exposure import FileReceipt
 
 CHUNK = 4 * 1024 * 1024
+
+
+class Sink(Protocol):
+    """Where written bytes go: a file, or a writer that hands them to one."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 class ChecksumWriter:
@@ -30,7 +38,7 @@ class ChecksumWriter:
     so every byte passes through here exactly once.
     """
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: Sink) -> None:
         self._raw = raw
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._adler = 1
@@ -51,6 +59,9 @@ class ChecksumWriter:
 
     def seekable(self) -> bool:
         return False
+
+    def close(self) -> None:
+        """Nothing to do: whoever opened the wrapped file closes it."""
 
     @property
     def md5(self) -> str:

@@ -263,7 +263,7 @@ def receipt_summary(step: str, receipt: dict[str, Any]) -> str:
     '205 datasets in the main butler (already done)'
     """
     file = receipt.get("file") or {}
-    text = {
+    summaries: dict[str, Callable[[], str]] = {
         Step.ZIP: lambda: (
             f"{file.get('relpath')} ({_size(file.get('size', 0))}, "
             f"{receipt.get('members')} members, {receipt.get('raws')} raws)"
@@ -277,5 +277,6 @@ def receipt_summary(step: str, receipt: dict[str, Any]) -> str:
             f"{receipt.get('files')} files in {len(receipt.get('datasets') or [])} datasets"
         ),
         Step.TAG: lambda: f"{receipt.get('dataset')} closed, {receipt.get('metadata')}",
-    }.get(step, lambda: "")()
+    }
+    text = summaries.get(step, lambda: "")()
     return f"{text} (already done)" if receipt.get("already_done") else text

@@ -91,8 +91,7 @@ class ExposureWorkflow:
                 return receipt
             except ActivityError as err:
                 cause = err.cause
-                incomplete = isinstance(cause, ApplicationError) and cause.type == "IncompleteExposure"
-                if not incomplete:
+                if not isinstance(cause, ApplicationError) or cause.type != "IncompleteExposure":
                     raise _named(err, Step.ZIP) from err
                 if workflow.now() >= deadline:
                     raise ApplicationError(
