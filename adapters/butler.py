@@ -339,7 +339,16 @@ def import_records(main: Butler, yaml_path: Path, exp: Exposure) -> None:
 
 
 def register_dataset_types(main: Butler, refs: Iterable[DatasetRef]) -> None:
-    """Register the zip's dataset types; DatasetConflict if main defines one differently."""
+    """Register the zip's dataset types and RUN collections, each committed before the ingest;
+    DatasetConflict if main defines a type differently.
+
+    ``ingest_zip`` would register a missing run inside its own transaction, where two
+    exposures ingested at once into a repo without that run race and one fails on a
+    foreign key (seen on SQLite): registering it first, idempotently, leaves no race.
+    """
+    refs = list(refs)
+    for run in sorted({ref.run for ref in refs}):
+        main.registry.registerRun(run)
     for dataset_type in {ref.datasetType for ref in refs}:
         try:
             main.registry.registerDatasetType(dataset_type)
