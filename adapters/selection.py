@@ -3,7 +3,8 @@ under the first embargo rule they match, and no longer ago than a lookback.
 
 ``unembargo start`` runs this on every cycle. The lookback (days, not minutes)
 makes a late or missed cycle harmless: an exposure selected again is not redone,
-its workflow id is the same.
+its workflow id is the same. A selection of one day_obs needs none (``None``):
+the day bounds it.
 
     >>> from datetime import UTC, datetime, timedelta
     >>> from unembargo.models.settings import EmbargoRule
@@ -32,31 +33,32 @@ _LO, _HI, _DAY, _IDS = "unembargo_t_lo", "unembargo_t_hi", "unembargo_day_obs", 
 
 @dataclass(frozen=True)
 class Window:
-    """Exposures matching ``rule`` whose timespan ends in (lo, hi] are due."""
+    """Exposures matching ``rule`` whose timespan ends in (lo, hi] are due; no ``lo``: by hi."""
 
     rule: EmbargoRule
-    lo: datetime
+    lo: datetime | None
     hi: datetime
 
     @property
     def empty(self) -> bool:
-        return self.hi <= self.lo
+        return self.lo is not None and self.hi <= self.lo
 
 
 def rule_windows(
     rules: Sequence[EmbargoRule],
     now: datetime,
-    lookback: timedelta,
+    lookback: timedelta | None,
     window: timedelta | None = None,
 ) -> list[Window]:
-    """One window per rule: from ``now - lookback`` to ``now - period``.
+    """One window per rule: from ``now - lookback`` (no lookback: from any time) to ``now - period``.
 
     ``window``, when given, is one embargo period for every exposure: it replaces
     the rules altogether.
     """
     if window is not None:
         rules = [EmbargoRule(where="", period=window)]
-    return [Window(rule, now - lookback, now - rule.period) for rule in rules]
+    lo = None if lookback is None else now - lookback
+    return [Window(rule, lo, now - rule.period) for rule in rules]
 
 
 def select_exposures(
@@ -64,11 +66,14 @@ def select_exposures(
     instrument: str,
     rules: Sequence[EmbargoRule],
     now: datetime,
-    lookback: timedelta,
+    lookback: timedelta | None,
     window: timedelta | None = None,
     day_obs: int | None = None,
 ) -> list[Exposure]:
-    """Exposures due at ``now``, in exposure id order; each judged by the first rule it matches."""
+    """Exposures due at ``now``, in exposure id order; each judged by the first rule it matches.
+
+    ``lookback`` None selects however long ago an exposure ended (for one ``day_obs``).
+    """
     due: dict[int, DimensionRecord] = {}
     windows = rule_windows(rules, now, lookback, window)
     earlier = [w.rule for w in windows]
@@ -83,8 +88,11 @@ def select_exposures(
 
 def _in_window(butler: Butler, instrument: str, win: Window, day_obs: int | None) -> list[DimensionRecord]:
     # astropy Time binds; strings do not ("Column types ... do not agree").
-    terms = [f"exposure.timespan.end > {_LO}", f"exposure.timespan.end <= {_HI}"]
-    bind: dict[str, Any] = {_LO: Time(win.lo, scale="utc"), _HI: Time(win.hi, scale="utc")}
+    terms = [f"exposure.timespan.end <= {_HI}"]
+    bind: dict[str, Any] = {_HI: Time(win.hi, scale="utc")}
+    if win.lo is not None:
+        terms.append(f"exposure.timespan.end > {_LO}")
+        bind[_LO] = Time(win.lo, scale="utc")
     if day_obs is not None:
         terms.append(f"exposure.day_obs = {_DAY}")
         bind[_DAY] = day_obs

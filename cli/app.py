@@ -56,7 +56,7 @@ def main() -> None:
         logging.getLogger(__name__).debug("stopped", exc_info=err)
         print(f"{type(err).__name__}: {err}", file=sys.stderr)
         if isinstance(err, TemporalUnreachable):
-            print("`unembargo dev up` starts the local stack's", file=sys.stderr)
+            print("(`unembargo dev up` starts the local stack's Temporal)", file=sys.stderr)
         code = 2
     if isinstance(code, str):
         print(code, file=sys.stderr)

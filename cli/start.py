@@ -5,21 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from unembargo.client.progress import Progress
-from unembargo.client.run import StartRequest, StartResult, run_start
+from unembargo.client.run import StartRequest, StartResult, lookback_in_force, run_start
 from unembargo.models import names
 from unembargo.models.settings import Settings, parse_duration
 
 console = Console()
+# Outage notes beside --json output (stdout stays the JSON document).
+errors = Console(stderr=True)
 
 _STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
 
@@ -31,22 +33,35 @@ def _duration(text: str) -> timedelta:
         raise typer.BadParameter(str(err)) from err
 
 
-def progress_table(rows: list[Progress]) -> Table:
-    """One line per exposure: status, current step, error; counts in the caption."""
+def progress_table(rows: list[Progress], note: str | None = None) -> Table:
+    """One line per exposure: status, current step, error; counts (and ``note``) in the caption."""
     table = Table("exposure", "status", "step", "error")
     for row in rows:
         style = _STYLE.get(row.status, "")
         status = f"[{style}]{row.status}[/{style}]" if style else row.status
         table.add_row(row.workflow_id.removeprefix("unembargo-"), status, row.step, row.error or "")
-    table.caption = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.status for r in rows).items()))
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.status for r in rows).items()))
+    table.caption = f"{counts}; [yellow]{escape(note)}[/yellow]" if note else counts
     return table
 
 
-def _live_view(live: Live) -> Callable[[list[Progress]], None]:
-    def update(rows: list[Progress]) -> None:
-        live.update(progress_table(rows), refresh=True)
+def _print_outage(note: str) -> None:
+    errors.print(note, markup=False, highlight=False)
 
-    return update
+
+class _LiveView:
+    """The live table: each snapshot, and an outage note until the next snapshot."""
+
+    def __init__(self, live: Live) -> None:
+        self._live = live
+        self._rows: list[Progress] = []
+
+    def update(self, rows: list[Progress]) -> None:
+        self._rows = rows
+        self._live.update(progress_table(rows), refresh=True)
+
+    def outage(self, note: str) -> None:
+        self._live.update(progress_table(self._rows, note), refresh=True)
 
 
 def start(
@@ -55,7 +70,10 @@ def start(
         str | None,
         typer.Option(help="Embargo period for every exposure, overriding the configured rules (e.g. 80h)."),
     ] = None,
-    lookback: Annotated[str, typer.Option(help="Ignore exposures that ended longer ago than this.")] = "30d",
+    lookback: Annotated[
+        str | None,
+        typer.Option(help="Ignore exposures that ended longer ago than this (default 30d, none with --day)."),
+    ] = None,
     day: Annotated[int | None, typer.Option(help="Only this day_obs (YYYYMMDD).")] = None,
     instrument: Annotated[str, typer.Option(help="Instrument name.")] = "LSSTCam",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would start; start nothing.")] = False,
@@ -81,29 +99,36 @@ def start(
     request = StartRequest(
         instrument=instrument,
         window=_duration(window) if window is not None else None,
-        lookback=_duration(lookback),
+        lookback=_duration(lookback) if lookback is not None else None,
         day_obs=day,
         dry_run=dry_run,
         restart_failed=restart_failed,
     )
     wait = not (no_wait or dry_run)
     if as_json or not wait:
-        result = asyncio.run(run_start(settings, request, wait=wait))
+        result = asyncio.run(run_start(settings, request, wait=wait, on_outage=_print_outage))
     else:
         with Live(console=console, auto_refresh=False) as live:
-            result = asyncio.run(run_start(settings, request, wait=True, on_update=_live_view(live)))
+            view = _LiveView(live)
+            result = asyncio.run(
+                run_start(settings, request, wait=True, on_update=view.update, on_outage=view.outage)
+            )
     if as_json:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
-        _print_summary(settings, result)
+        _print_summary(settings, request, result)
     raise typer.Exit(0 if result.ok else 1)
 
 
-def _print_summary(settings: Settings, result: StartResult) -> None:
+def _print_summary(settings: Settings, request: StartRequest, result: StartResult) -> None:
     console.line()
     if not result.outcomes:
         verb = "would start" if result.selected else "nothing to start"
         console.print(f"{len(result.selected)} exposure(s) past their embargo; {verb}")
+        lookback = lookback_in_force(request)
+        if not result.selected and lookback is not None:
+            # Say what bounded the selection: an older exposure needs --lookback or --day.
+            console.print(f"  (only exposures that ended in the last {lookback}: see --lookback, --day)")
         for exp in result.selected:
             console.print(f"  {exp.instrument} {exp.day_obs} {exp.obs_id}")
     else:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus, WorkflowFailureError
 
 from unembargo.engine.codec import failure_text
+from unembargo.engine.connection import riding_out
 from unembargo.models import names
 from unembargo.models.names import SA_OBS_ID, SA_STEP
 from unembargo.models.reconcile import WorkflowRun
@@ -47,17 +49,38 @@ async def snapshot(client: Client, workflow_id: str) -> Progress:
     return Progress(workflow_id, status, step, error)
 
 
+def outage_note(reason: str, seconds: float) -> str:
+    """What a watcher shows while Temporal does not answer."""
+    return f"Temporal unreachable ({reason}), retrying in {seconds:.0f}s"
+
+
 async def watch(
     client: Client,
     workflow_ids: Sequence[str],
     on_update: Callable[[list[Progress]], None],
     interval: float = 1.0,
+    outage_limit: timedelta = timedelta(minutes=10),
+    on_outage: Callable[[str], None] | None = None,
 ) -> list[Progress]:
-    """Poll until every workflow is closed, calling ``on_update`` with each snapshot."""
+    """Poll until every workflow is closed, calling ``on_update`` with each snapshot.
+
+    A Temporal that stops answering is asked again with backoff (``on_outage`` gets
+    what to show meanwhile) for up to ``outage_limit``, then TemporalUnreachable.
+    """
     latest: dict[str, Progress] = {}
+    address = client.service_client.config.target_host
+
+    def retrying(reason: str, seconds: float) -> None:
+        if on_outage is not None:
+            on_outage(outage_note(reason, seconds))
+
     while True:
         pending = [wid for wid in workflow_ids if wid not in latest or not latest[wid].finished]
-        for prog in await asyncio.gather(*(snapshot(client, wid) for wid in pending)):
+
+        async def poll(pending: list[str] = pending) -> list[Progress]:
+            return list(await asyncio.gather(*(snapshot(client, wid) for wid in pending)))
+
+        for prog in await riding_out(poll, outage_limit, retrying, address):
             latest[prog.workflow_id] = prog
         current = [latest[wid] for wid in workflow_ids]
         on_update(current)

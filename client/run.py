@@ -26,6 +26,9 @@ from unembargo.models.tables import step_queues
 # Outcomes that count as success for the exit code.
 GOOD = {"started", "running", "completed"}
 
+# Exposures that ended longer ago than this are not looked at, unless a day is named.
+DEFAULT_LOOKBACK = timedelta(days=30)
+
 
 @dataclass(frozen=True)
 class StartRequest:
@@ -34,11 +37,21 @@ class StartRequest:
     instrument: str = "LSSTCam"
     # None: each exposure's configured embargo rule decides; else this period for all.
     window: timedelta | None = None
-    lookback: timedelta = timedelta(days=30)
+    # None: DEFAULT_LOOKBACK, or no lookback at all for a named day (see lookback_in_force).
+    lookback: timedelta | None = None
     day_obs: int | None = None
     dry_run: bool = False
     # Start a new run for exposures whose last run failed (same id, same idempotent steps).
     restart_failed: bool = False
+
+
+def lookback_in_force(request: StartRequest) -> timedelta | None:
+    """The lookback the selection applies: the one asked for; else none for a named day
+    (the day bounds the selection, and a day older than 30 d is what was asked for);
+    else DEFAULT_LOOKBACK, which keeps a periodic selection's query small."""
+    if request.lookback is not None:
+        return request.lookback
+    return None if request.day_obs is not None else DEFAULT_LOOKBACK
 
 
 @dataclass
@@ -87,7 +100,7 @@ def select(settings: Settings, request: StartRequest, now: datetime | None = Non
         instrument=request.instrument,
         rules=settings.rules(),
         window=request.window,
-        lookback=request.lookback,
+        lookback=lookback_in_force(request),
         day_obs=request.day_obs,
         now=now or datetime.now(UTC),
     )
@@ -99,8 +112,13 @@ async def run_start(
     wait: bool = True,
     on_update: Callable[[list[Progress]], None] | None = None,
     policy: Policy | None = None,
+    on_outage: Callable[[str], None] | None = None,
 ) -> StartResult:
-    """Select eligible exposures, start their workflows, optionally watch them finish."""
+    """Select eligible exposures, start their workflows, optionally watch them finish.
+
+    While watching, a Temporal that stops answering is waited for (``on_outage`` says so)
+    up to ``settings.temporal_outage_limit``, then TemporalUnreachable.
+    """
     result = StartResult(selected=await asyncio.to_thread(select, settings, request))
     if request.dry_run or not result.selected:
         return result
@@ -118,5 +136,11 @@ async def run_start(
     if wait:
         ids = [o.workflow_id for o in result.outcomes if o.outcome in ("started", "running")]
         if ids:
-            result.finished = await watch(client, ids, on_update or (lambda rows: None))
+            result.finished = await watch(
+                client,
+                ids,
+                on_update or (lambda rows: None),
+                outage_limit=settings.temporal_outage_limit,
+                on_outage=on_outage,
+            )
     return result

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import cache
+from typing import TypeVar
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
 
 from unembargo.engine.codec import data_converter
@@ -21,6 +26,12 @@ log = logging.getLogger(__name__)
 
 # Waiting workers try again after 1, 2, 4 ... seconds, never more than this apart.
 MAX_RETRY_SECONDS = 30.0
+
+# Statuses of a call to a frontend that does not answer now (stopped, restarting, the
+# network cut). The SDK has retried such a call for about 10 s before it reaches us.
+_UNANSWERED = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED})
+
+T = TypeVar("T")
 
 
 async def connect(settings: Settings, wait: bool = False) -> Client:
@@ -51,6 +62,16 @@ async def connect(settings: Settings, wait: bool = False) -> Client:
         delay = min(2 * delay, MAX_RETRY_SECONDS)
 
 
+@cache
+def _runtime() -> Runtime:
+    """The SDK core, its log lines (a call retried while Temporal is down, ...) sent through
+    Python logging to stderr: by default it prints them on stdout, in the middle of
+    ``start --json``'s document."""
+    forwarding = LogForwardingConfig(logger=logging.getLogger("temporalio.core"))
+    logs = LoggingConfig(filter=LoggingConfig.default.filter, forwarding=forwarding)
+    return Runtime(telemetry=TelemetryConfig(logging=logs))
+
+
 async def _connect(settings: Settings) -> Client:
     try:
         return await Client.connect(
@@ -58,6 +79,7 @@ async def _connect(settings: Settings) -> Client:
             namespace=settings.temporal_namespace,
             data_converter=data_converter(settings.payload_key_file),
             plugins=[OpenTelemetryPlugin()],
+            runtime=_runtime(),
         )
     except RuntimeError as err:
         text = str(err)
@@ -81,3 +103,53 @@ async def _describe_namespace(client: Client, settings: Settings) -> None:
         if err.status == RPCStatusCode.UNAVAILABLE:
             raise TemporalUnreachable(f"cannot reach Temporal at {address}: {err.message}") from None
         raise
+
+
+def unanswered(err: BaseException) -> str | None:
+    """Why Temporal did not answer, if ``err`` says it did not (else None: a real error)."""
+    if isinstance(err, TemporalUnreachable):
+        return str(err)
+    if isinstance(err, RPCError) and err.status in _UNANSWERED:
+        return err.message or err.status.name
+    return None
+
+
+async def riding_out(
+    call: Callable[[], Awaitable[T]],
+    limit: timedelta,
+    on_retry: Callable[[str, float], None],
+    address: str,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """``call()``, called again while Temporal does not answer, after 1, 2, 4 ... s (at most
+    MAX_RETRY_SECONDS apart); ``on_retry(reason, seconds)`` before each wait. After ``limit``
+    without an answer: TemporalUnreachable. Any other error is raised as it is.
+
+    Workflows run on the server whether or not anyone watches, so a watcher can wait for
+    minutes; the client reconnects by itself once the frontend answers again.
+    """
+    delay = 1.0
+    since: float | None = None
+    while True:
+        asked = clock()
+        try:
+            return await call()
+        except Exception as err:
+            reason = unanswered(err)
+            if reason is None:
+                raise
+        now = clock()
+        # From the start of the first call that went unanswered (the SDK's own retries in it).
+        since = asked if since is None else since
+        left = limit.total_seconds() - (now - since)
+        if left <= 0:
+            raise TemporalUnreachable(
+                f"Temporal at {address} did not answer for {now - since:.0f} s ({reason}); "
+                f"gave up after temporal_outage_limit {limit}. The workflows go on running on "
+                "the server: `unembargo status` shows them once it answers"
+            ) from None
+        wait = min(delay, left)
+        on_retry(reason, wait)
+        await sleep(wait)
+        delay = min(2 * delay, MAX_RETRY_SECONDS)

@@ -117,6 +117,7 @@ def _reuse_policy(restart_failed: bool, rerun_completed: bool) -> WorkflowIDReus
 def settings_policy(settings: Settings) -> Policy:
     """The workflow policy the settings ask for."""
     return Policy(
+        heartbeat_s=settings.heartbeat_timeout.total_seconds(),
         incomplete_wait_s=settings.incomplete_wait.total_seconds(),
         incomplete_poll_s=settings.incomplete_poll.total_seconds(),
     )

@@ -54,7 +54,8 @@ StepQueues = dict[str, str]
 class Policy:
     """Timeouts of an exposure run; defaults suit production, tests shorten them."""
 
-    # A worker killed mid-activity is noticed after this long without a heartbeat.
+    # A worker killed mid-activity is noticed after this long without a heartbeat
+    # (Settings.heartbeat_timeout, through engine/starter.settings_policy, says why 30 s).
     heartbeat_s: float = 30.0
     # Wait for the missing raws of an incomplete exposure up to this long...
     incomplete_wait_s: float = 2 * 3600.0

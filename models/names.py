@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import date
 
 from temporalio.common import SearchAttributeKey
 
@@ -28,6 +29,7 @@ STEP_DONE = "done"
 # Instrument and obs_id become path components, S3 keys and Rucio names: allow
 # only what all three accept, so no name can escape a folder or break a DID.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
+# The form of a day_obs; check_day_obs then asks the calendar (no 20261131, no 20260230).
 _DAY_OBS = re.compile(r"^(19|20|21)\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])$")
 _OBS_DATASET = re.compile(r"^Dataset/(?P<inst>[^/]+)/raw/Obs/(?P<day>\d{8})/(?P<obs>[^/]+)$")
 
@@ -71,10 +73,23 @@ def check_name(kind: str, value: str) -> str:
 
 
 def check_day_obs(day_obs: int | str) -> int:
-    """Return day_obs as an int if it is a YYYYMMDD date, else raise InvalidName."""
-    if not _DAY_OBS.match(str(day_obs)):
+    """Return day_obs as an int if it is a YYYYMMDD date of the calendar, else raise InvalidName.
+
+    >>> check_day_obs(20240229)
+    20240229
+    >>> check_day_obs(20260230)
+    Traceback (most recent call last):
+    ...
+    unembargo.models.names.InvalidName: day_obs 20260230 is not a date: day is out of range for month
+    """
+    text = str(day_obs)
+    if not _DAY_OBS.match(text):
         raise InvalidName(f"day_obs {day_obs!r} is not a YYYYMMDD date")
-    return int(day_obs)
+    try:
+        date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError as err:
+        raise InvalidName(f"day_obs {day_obs!r} is not a date: {err}") from None
+    return int(text)
 
 
 def workflow_id(instrument: str, obs_id: str) -> str:

@@ -141,6 +141,16 @@ class Settings(BaseSettings):
     # incomplete_poll until incomplete_wait has passed, then reported.
     incomplete_wait: Duration = timedelta(hours=2)
     incomplete_poll: Duration = timedelta(minutes=5)
+    # A worker killed mid-step is noticed after this long without a heartbeat; the step
+    # then runs again after STEP_RETRY's first backoff (2 s). Steps beat from a side thread
+    # every 5 s (activities/context.heartbeating), so 30 s leaves five missed beats of slack
+    # for a loaded worker (a GIL-bound zip, a swapping host) before a live attempt is taken
+    # for dead and run twice at once. Lower it to recover sooner where workers are not busy.
+    heartbeat_timeout: Duration = Field(default=timedelta(seconds=30), ge=timedelta(seconds=1))
+    # How long a watching `unembargo start` rides out a Temporal that does not answer
+    # (a restart, a network blip) before it gives up with TemporalUnreachable (exit 2).
+    # The workflows do not depend on it: they keep running on the server meanwhile.
+    temporal_outage_limit: Duration = Field(default=timedelta(minutes=10), ge=timedelta(0))
 
     # Where spans go: "auto" is OTLP/HTTP to otel_endpoint when one is set, else the
     # console (stderr, one JSON line per span); "none" drops them.

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError
 
-from support import WorkerProcess, fresh_day
+from support import WorkerProcess, fresh_day, poll_until
+from tcp_proxy import TcpProxy
 from unembargo.devstack import procs, temporal
 from unembargo.devstack.seed import seed_exposure
-from unembargo.models.settings import Settings
+from unembargo.models import names
+from unembargo.models.settings import Settings, host_port
 
 # Back past every day fresh_day() gives (2000-2019): 30 years.
 LOOKBACK = "10950d"
@@ -59,6 +62,14 @@ def test_dry_run_lists_and_starts_nothing(settings: Settings) -> None:
     assert out.returncode == 0, out.stderr
     assert obs_id in out.stdout and "would start" in out.stdout
     assert not (settings.dest_root / "LSSTCam" / str(day)).exists()
+
+
+def test_a_named_day_is_not_cut_by_the_default_lookback(settings: Settings) -> None:
+    day = fresh_day()  # 2000-2019: far older than the default lookback of 30 d
+    obs_id = seed_exposure(settings, day, 1).obs_id
+    out = unembargo(settings, "start", "--window", "0", "--day", str(day), "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert obs_id in out.stdout and "would start" in out.stdout, out.stdout
 
 
 def test_bad_duration_is_a_usage_error(settings: Settings) -> None:
@@ -154,3 +165,52 @@ async def test_a_worker_waits_for_its_namespace_to_be_registered(
 
     await temporal.ensure_namespace(await Client.connect(own.temporal_address), own.temporal_namespace)
     await asyncio.to_thread(_run_one_exposure, own, worker)
+
+
+async def test_a_watching_start_rides_out_a_temporal_outage(
+    settings: Settings, locations: list[str], client: Client, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Temporal stops answering `start` for longer than the SDK's own retries (about 10 s)
+    while it watches: it says so, waits, and reports the exposure completed (exit 0)."""
+    relay = TcpProxy(host_port(settings.temporal_address))
+    relay.start()
+    request.addfinalizer(relay.refuse)
+    # A workflow queue of its own that no worker serves until the outage is over, so the
+    # exposure is still running while `start` cannot see it.
+    own = settings.model_copy(update={"workflow_task_queue": f"unembargo-workflows-{uuid.uuid4().hex[:8]}"})
+    watcher = own.model_copy(update={"temporal_address": f"127.0.0.1:{relay.port}"})
+    day = fresh_day()
+    exposure = seed_exposure(settings, day, 1)
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    args = ("start", "--window", "80h", "--lookback", LOOKBACK, "--day", str(day), "--json")
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        start = subprocess.Popen(
+            [sys.executable, "-m", "unembargo.cli.app", *args],
+            env={**os.environ, **watcher.environment()},
+            stdout=out,
+            stderr=err,
+        )
+    request.addfinalizer(start.kill)
+    handle = client.get_workflow_handle(names.workflow_id("LSSTCam", exposure.obs_id))
+
+    async def started() -> bool:
+        try:
+            await handle.describe()
+        except RPCError:
+            return False
+        return True
+
+    await poll_until(started, 120, "the exposure's workflow")
+    relay.refuse()
+    await poll_until(lambda: "Temporal unreachable" in stderr.read_text(), 60, "the outage note of `start`")
+    assert start.poll() is None, stderr.read_text()
+    relay.resume()
+
+    worker = WorkerProcess(own, locations)
+    request.addfinalizer(worker.stop)
+    code = await asyncio.to_thread(start.wait, 300)
+    assert code == 0, stdout.read_text() + stderr.read_text() + worker.output()
+    [final] = json.loads(stdout.read_text())["exposures"]
+    assert final["obs_id"] == exposure.obs_id
+    assert (final["outcome"], final["final"]["status"]) == ("started", "completed")
+    assert "retrying in 1s" in stderr.read_text() and "Traceback" not in stderr.read_text()
