@@ -16,12 +16,13 @@ import zipfile
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session, select
 from temporalio.client import Client, WorkflowHandle
 
 from unembargo.devstack.s3 import LOCAL_ENV
-from unembargo.devstack.seed import SeededExposure
+from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.engine.starter import start_exposures
 from unembargo.models.exposure import Exposure, Policy, StepQueues
 from unembargo.models.settings import Settings
@@ -128,6 +129,19 @@ _days = random.Random()
 def fresh_day() -> int:
     """A past day_obs (2000-2019) that no other test of this session is likely to use."""
     return 20000101 + _days.randrange(0, 20) * 10000 + _days.randrange(0, 12) * 100 + _days.randrange(0, 28)
+
+
+# A complete exposure of three detectors (science, guider, wavefront; expectedSensors lists
+# just those): it seeds in under a second, where the full focal plane of 205 takes about
+# six. Tests of the workflow on the stack (crashes, schedules, status, start) use it; the
+# full focal plane goes through each step in test_zip, test_butler_steps and test_seed.
+SMALL = (0, 189, 196)
+
+
+def seed_small(settings: Settings, day_obs: int, seq_num: int, **options: Any) -> SeededExposure:
+    """``seed_exposure`` of a small complete exposure (``SMALL``), small files."""
+    options.setdefault("file_size", 8 * 1024)
+    return seed_exposure(settings, day_obs, seq_num, detectors=SMALL, expected=SMALL, **options)
 
 
 def effects(settings: Settings, obs_ids: set[str]) -> Counter[tuple[str, str, str]]:

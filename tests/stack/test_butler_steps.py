@@ -197,6 +197,8 @@ def _main_ids(settings: Settings, exp: Exposure) -> set[uuid.UUID]:
 def test_export_yaml_imports_into_an_empty_repo_and_holds_the_exposure(
     steps: Steps, embargo: Embargo
 ) -> None:
+    """The real export step's yaml alone fills an empty repo with the exposure's records, visit and
+    regions, and the zip ingests on them."""
     receipt = steps.export()
     path = steps.yaml_path()
     assert not receipt.already_done
@@ -234,6 +236,7 @@ def test_export_yaml_imports_into_an_empty_repo_and_holds_the_exposure(
 
 
 def test_second_export_is_already_done_and_leaves_the_file_alone(steps: Steps) -> None:
+    """A second export finds its yaml done and leaves the file as it is (check-first)."""
     first = steps.export()
     path = steps.yaml_path()
     before = path.stat()
@@ -250,6 +253,7 @@ def test_second_export_is_already_done_and_leaves_the_file_alone(steps: Steps) -
 
 
 def test_existing_yaml_of_another_exposure_is_a_destination_conflict(steps: Steps, embargo: Embargo) -> None:
+    """A yaml of another exposure under the final name is DestinationConflict, left untouched."""
     other = _exposure(embargo.off_tract)
     steps.export(other)
     path = steps.yaml_path()
@@ -264,6 +268,7 @@ def test_existing_yaml_of_another_exposure_is_a_destination_conflict(steps: Step
 
 
 def test_existing_yaml_that_does_not_import_is_a_destination_conflict(steps: Steps) -> None:
+    """A yaml that does not import into an empty real repo is DestinationConflict, left untouched."""
     path = steps.yaml_path()
     path.write_text("not: a butler export\n")
     with pytest.raises(DestinationConflict, match="does not import into an empty repo"):
@@ -302,6 +307,7 @@ def test_existing_yaml_written_by_stock_pyyaml_is_already_done(
 
 
 def test_exposures_without_tracts_report_none(steps: Steps, embargo: Embargo) -> None:
+    """Off-tract visits and calibrations export with no tracts (their files go to NoTract)."""
     off = steps.export(_exposure(embargo.off_tract))
     bias = steps.export(_exposure(embargo.bias))
     assert off.tracts == [] and bias.tracts == []
@@ -313,6 +319,8 @@ def test_exposures_without_tracts_report_none(steps: Steps, embargo: Embargo) ->
 
 
 def test_ingest_then_main_returns_every_dataset_and_second_is_already_done(steps: Steps) -> None:
+    """The real ingest step puts every dataset of the zip in the main butler, in place; a second call is
+    already done."""
     steps.export()
     first = steps.ingest()
     wanted = _index_ids(steps.settings.dest_root / steps.zip.relpath)
@@ -350,6 +358,8 @@ def _ingest_one(main: Butler, tmp: Path, ref: DatasetRef) -> None:
 
 
 def test_same_data_id_under_another_id_is_a_dataset_conflict(steps: Steps, tmp_path: Path) -> None:
+    """A main butler holding a data ID under another dataset id makes ingest DatasetConflict, nothing
+    ingested."""
     with _prepare_main(steps) as main:
         raw = main.get_dataset_type(RAW)
         data_id = DataCoordinate.standardize(
@@ -369,6 +379,7 @@ def test_same_data_id_under_another_id_is_a_dataset_conflict(steps: Steps, tmp_p
 
 
 def test_zip_partly_in_main_is_a_dataset_conflict(steps: Steps, tmp_path: Path) -> None:
+    """A zip partly in the main butler already is DatasetConflict, not half ingested again."""
     with _prepare_main(steps) as main:
         index = ZipIndex.from_zip_file(ResourcePath(steps.settings.dest_root / steps.zip.relpath))
         ref = next(r for r in index.refs.to_refs(universe=main.dimensions) if r.datasetType.name == RAW)
@@ -379,6 +390,8 @@ def test_zip_partly_in_main_is_a_dataset_conflict(steps: Steps, tmp_path: Path) 
 
 
 def test_differing_exposure_record_is_a_dimension_record_conflict(steps: Steps) -> None:
+    """A main-butler exposure record that differs from the embargo one is DimensionRecordConflict naming
+    the fields."""
     with _prepare_main(steps) as main:
         eid = steps.exposure.exposure_id
         [record] = main.query_dimension_records("exposure", instrument=INSTRUMENT, exposure=eid)
@@ -415,6 +428,8 @@ def _obs_ids(*exposures: SeededExposure) -> list[str]:
 def test_calibrations_are_due_at_once_others_after_the_embargo(
     embargo: Embargo, embargo_butler: Butler
 ) -> None:
+    """Selection on the real embargo butler: the default rules make calibrations due at once, on-sky
+    exposures after 80 h."""
     e = embargo
     # A minute after the dark, calibrations are due; the science exposures, just as
     # recent, wait 80 h (default rules: NOT exposure.can_see_sky -> 0, else 80 h).
@@ -424,6 +439,7 @@ def test_calibrations_are_due_at_once_others_after_the_embargo(
 
 
 def test_selection_returns_exposures_with_their_keys(embargo: Embargo, embargo_butler: Butler) -> None:
+    """Selection returns each due exposure with its business key, in order."""
     now = embargo.off_tract.end + EMBARGO
     found = select_exposures(embargo_butler, INSTRUMENT, DEFAULT_RULES, now, LOOKBACK, day_obs=DAY)
     assert found == [_exposure(e) for e in (embargo.bias, embargo.dark, embargo.science, embargo.off_tract)]
@@ -431,6 +447,7 @@ def test_selection_returns_exposures_with_their_keys(embargo: Embargo, embargo_b
 
 def test_first_matching_rule_wins(embargo: Embargo, embargo_butler: Butler) -> None:
     # Science waits 80 h although the catch-all rule after it says 0.
+    """Embargo rules are tried in order and the first match decides."""
     rules = [
         EmbargoRule(where="exposure.observation_type = 'science'", period=EMBARGO),
         EmbargoRule(where="", period=timedelta(0)),
@@ -440,6 +457,7 @@ def test_first_matching_rule_wins(embargo: Embargo, embargo_butler: Butler) -> N
 
 
 def test_window_is_one_period_for_every_exposure(embargo: Embargo, embargo_butler: Butler) -> None:
+    """A window overrides the rules with one period for every exposure."""
     e = embargo
     soon = e.off_tract.end + timedelta(minutes=1)
     assert _select(embargo_butler, soon, window=timedelta(0)) == _obs_ids(
@@ -450,6 +468,7 @@ def test_window_is_one_period_for_every_exposure(embargo: Embargo, embargo_butle
 
 
 def test_lookback_ignores_exposures_that_ended_earlier(embargo: Embargo, embargo_butler: Butler) -> None:
+    """The lookback bounds the butler query by exposure end time."""
     e = embargo
     now = e.science.end + EMBARGO + timedelta(minutes=1)
     # The window starts a minute before the science exposure ended: the dark
@@ -459,6 +478,7 @@ def test_lookback_ignores_exposures_that_ended_earlier(embargo: Embargo, embargo
 
 
 def test_day_obs_filter(embargo: Embargo, embargo_butler: Butler) -> None:
+    """A day_obs filter selects that day's exposures only."""
     now = embargo.off_tract.end + EMBARGO
     assert len(_select(embargo_butler, now, day_obs=DAY)) == 4
     assert _select(embargo_butler, now, day_obs=DAY - 1) == []

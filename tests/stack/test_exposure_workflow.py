@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from support import WorkerProcess, effects, fresh_day
+from support import WorkerProcess, effects, fresh_day, seed_small
 from unembargo.client.run import StartRequest, run_start
-from unembargo.devstack.seed import seed_exposure
 from unembargo.models.settings import Settings
 from verify import check_unembargoed
 
@@ -17,8 +16,10 @@ EVERYTHING = timedelta(days=365 * 30)
 async def test_start_unembargoes_every_eligible_exposure_once(
     settings: Settings, worker: WorkerProcess
 ) -> None:
+    """`unembargo start`'s use-case selects a day's due exposures, starts one run each, waits for
+    all, and a second start finds them completed and does nothing again."""
     day = fresh_day()
-    seeded = [seed_exposure(settings, day, seq) for seq in range(1, 6)]
+    seeded = [seed_small(settings, day, seq) for seq in range(1, 6)]
     request = StartRequest(window=timedelta(hours=80), lookback=EVERYTHING, day_obs=day)
 
     result = await run_start(settings, request)

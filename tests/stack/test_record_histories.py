@@ -89,6 +89,8 @@ async def _record_select_and_start(settings: Settings, client: Client) -> None:
 
 @pytest.mark.skipif(not LABEL, reason="set UNEMBARGO_RECORD_HISTORIES=<label> to record histories")
 async def test_record_histories(settings: Settings, client: Client, worker: WorkerProcess) -> None:
+    """Records real runs' histories (completed, waited for raws, failed, select-and-start) for
+    tests/unit/test_replay.py."""
     await _record_completed(settings, client)
     await _record_waited_for_raws(settings, client)
     await _record_failed(settings, client)

@@ -126,6 +126,8 @@ def is_open(rucio: Client, scope: str, dataset: str) -> bool:
 def test_register_then_verify_independently(
     acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
+    """The real register step registers zip and yaml in place with their checksums and attaches them to
+    every dataset; Rucio confirms."""
     got = run(acts.register_in_rucio, case.register([9813, 9814]))
 
     datasets = [case.tract(9813), case.tract(9814), case.obs]
@@ -155,6 +157,7 @@ def test_register_then_verify_independently(
 def test_second_register_is_already_done_without_writes(
     acts: RucioActivities, resources: Resources, case: Case
 ) -> None:
+    """A second register finds it done in Rucio and writes nothing."""
     first = run(acts.register_in_rucio, case.register([77]))
     before = effects(resources, case.exposure.obs_id)
 
@@ -168,6 +171,7 @@ def test_second_register_is_already_done_without_writes(
 def test_no_tract_goes_to_the_notract_dataset(
     acts: RucioActivities, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
+    """An exposure with no tracts is attached to the day's NoTract dataset."""
     got = run(acts.register_in_rucio, case.register([]))
 
     assert got.datasets == [case.tract(None), case.obs]
@@ -179,6 +183,7 @@ def test_no_tract_goes_to_the_notract_dataset(
 def test_existing_replica_with_other_checksums_is_a_conflict(
     acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
+    """A replica in Rucio with other checksums is ReplicaConflict; nothing is written."""
     scope = module_settings.rucio_scope
     stale = {"scope": scope, "name": case.zip.relpath, "bytes": case.zip.size, "adler32": "0badc0de"}
     rucio.add_replicas(module_settings.rucio_rse, [stale])
@@ -221,6 +226,7 @@ def test_register_resumes_after_replicas_were_added(
 def test_closed_obs_dataset_missing_files_is_a_conflict(
     acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
+    """A closed Obs dataset lacking the files is ReplicaConflict; nothing is written."""
     scope = module_settings.rucio_scope
     rucio.add_dataset(scope, case.obs)
     rucio.close(scope, case.obs)
@@ -235,6 +241,7 @@ def test_closed_obs_dataset_missing_files_is_a_conflict(
 def test_file_missing_at_the_destination_is_not_registered(
     acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
+    """A file missing at the destination is DestinationConflict and is never registered."""
     (module_settings.dest_root / case.yaml.relpath).unlink()
 
     with pytest.raises(DestinationConflict, match="is missing"):
@@ -248,6 +255,7 @@ def test_file_missing_at_the_destination_is_not_registered(
 def test_tag_closes_and_sets_backup_metadata(
     acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
+    """The real tag step closes the Obs dataset and sets arcBackup; Rucio returns it."""
     run(acts.register_in_rucio, case.register([11]))
 
     got = run(acts.tag_obs_dataset, case.step)
@@ -265,6 +273,7 @@ def test_tag_closes_and_sets_backup_metadata(
 def test_second_tag_is_already_done_without_writes(
     acts: RucioActivities, resources: Resources, case: Case
 ) -> None:
+    """A second tag (and a register after it) is already done and writes nothing."""
     run(acts.register_in_rucio, case.register([12]))
     run(acts.tag_obs_dataset, case.step)
     before = effects(resources, case.exposure.obs_id)
@@ -280,6 +289,7 @@ def test_second_tag_is_already_done_without_writes(
 def test_tag_resumes_after_a_crash_between_close_and_metadata(
     acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
+    """Tag after a crash between close and set_metadata only sets the metadata."""
     run(acts.register_in_rucio, case.register([13]))
     rucio.close(module_settings.rucio_scope, case.obs)
 
@@ -294,6 +304,7 @@ def test_tag_resumes_after_a_crash_between_close_and_metadata(
 def test_tag_before_register_is_refused_without_writes(
     acts: RucioActivities, resources: Resources, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
+    """Tag of an Obs dataset that does not exist is ReplicaConflict; nothing is created."""
     with pytest.raises(ReplicaConflict, match="does not exist"):
         run(acts.tag_obs_dataset, case.step)
     with pytest.raises(DataIdentifierNotFound):
@@ -329,6 +340,7 @@ def test_tag_of_a_half_registered_obs_dataset_leaves_it_open(
 def test_tag_leaves_another_backup_value_alone(
     acts: RucioActivities, rucio: Client, module_settings: Settings, case: Case
 ) -> None:
+    """Tag never overwrites another arcBackup value (ReplicaConflict), and leaves the dataset open."""
     run(acts.register_in_rucio, case.register([15]))
     scope = module_settings.rucio_scope
     rucio.set_metadata(scope, case.obs, names.BACKUP_KEY, "SLAC_RAW_DISK_BKUP:done")

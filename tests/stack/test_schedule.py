@@ -18,10 +18,10 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from support import WorkerProcess, add_locations, effects, fresh_day, location_names, poll_until
+from support import WorkerProcess, add_locations, effects, fresh_day, location_names, poll_until, seed_small
 from unembargo.client import schedule
 from unembargo.devstack import lsstcam
-from unembargo.devstack.seed import SeededExposure, seed_exposure
+from unembargo.devstack.seed import SeededExposure
 from unembargo.engine.connection import connect
 from unembargo.models import names
 from unembargo.models.settings import Settings
@@ -77,11 +77,13 @@ async def _actions(client: Client) -> int:
 async def test_schedule_starts_due_exposures_pauses_triggers_and_deletes(
     own: Settings, worker: WorkerProcess
 ) -> None:
+    """A real Temporal Schedule made by `unembargo schedule` starts the due exposures once each, skips
+    recent ones, pauses, triggers by hand and is deleted."""
     client = await connect(own)
     day = fresh_day()
-    due = [seed_exposure(own, day, seq) for seq in (1, 2)]
+    due = [seed_small(own, day, seq) for seq in (1, 2)]
     # Ends today: not past the 80 h window, so never selected.
-    recent = seed_exposure(own, lsstcam.day_obs_of(datetime.now(UTC)), 1)
+    recent = seed_small(own, lsstcam.day_obs_of(datetime.now(UTC)), 1)
 
     cli(own, "create", "--every", "2s", "--window", "80h", "--lookback", "10950d")
     try:
@@ -101,7 +103,7 @@ async def test_schedule_starts_due_exposures_pauses_triggers_and_deletes(
         paused = await schedule.describe(client, INSTRUMENT)
         assert (paused.paused, paused.note) == (True, "test pause")
 
-        late = seed_exposure(own, day, 3)
+        late = seed_small(own, day, 3)
         cli(own, "trigger")
         await poll_until(lambda: _completed(client, [late]), timeout=120, what="the triggered run")
         # Paused: the trigger was the only run since.

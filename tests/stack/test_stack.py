@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -42,6 +41,7 @@ class EchoWorkflow:
 
 
 async def test_a_workflow_runs_on_temporal(stack_up: Settings) -> None:
+    """The test stack's Temporal server runs a workflow and its activity."""
     client = await Client.connect(stack_up.temporal_address)
     queue = f"echo-{uuid.uuid4().hex}"
     async with Worker(client, task_queue=queue, workflows=[EchoWorkflow], activities=[echo]):
@@ -52,6 +52,7 @@ async def test_a_workflow_runs_on_temporal(stack_up: Settings) -> None:
 
 
 def test_an_object_round_trips_through_s3(stack_up: Settings) -> None:
+    """The test stack's S3 endpoint stores and returns an object under an odd key."""
     s3 = boto3.client("s3", endpoint_url=stack_up.s3_endpoint_url)
     bucket = f"roundtrip-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
@@ -61,6 +62,7 @@ def test_an_object_round_trips_through_s3(stack_up: Settings) -> None:
 
 
 def test_postgresql_answers(stack_up: Settings) -> None:
+    """The test stack's PostgreSQL answers."""
     with psycopg.connect(postgres.url(stack_up), connect_timeout=5) as conn:
         version = conn.execute("SHOW server_version").fetchone()
     assert version is not None and version[0]
@@ -78,16 +80,6 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=600,
     )
-
-
-def test_free_ports_lie_below_the_ephemeral_range_and_can_be_listened_on() -> None:
-    """Ports for a second stack: none where Temporal's own random ports could land first."""
-    ports = procs.free_ports(4)
-    assert ports == list(range(ports[0], ports[0] + 4))
-    assert ports[-1] < procs.EPHEMERAL_START
-    listeners = [socket.create_server(("127.0.0.1", port)) for port in ports]
-    for listener in listeners:
-        listener.close()
 
 
 def test_up_is_idempotent_and_down_leaves_nothing(

@@ -20,7 +20,16 @@ from collections.abc import Iterator
 import pytest
 from temporalio.client import Client, WorkflowHandle
 
-from support import WorkerProcess, effects, fresh_day, plant_foreign_zip, poll_until, start_one
+from support import (
+    SMALL,
+    WorkerProcess,
+    effects,
+    fresh_day,
+    plant_foreign_zip,
+    poll_until,
+    seed_small,
+    start_one,
+)
 from unembargo.client.retry import retry_exposure
 from unembargo.client.status import ExposureStatus, exposure_status
 from unembargo.devstack.seed import SeededExposure, seed_exposure
@@ -74,7 +83,9 @@ def done_steps(status: ExposureStatus) -> list[str]:
 async def test_stuck_exposure_shows_its_failing_step_and_retry_resets_to_it(
     settings: Settings, client: Client, locations: list[str], dest_worker: WorkerProcess
 ) -> None:
-    seeded = seed_exposure(settings, fresh_day(), 1)
+    """`unembargo status` shows a run stuck at register (pending attempt, last failure) on the real
+    server; `retry` resets to register, keeping earlier steps."""
+    seeded = seed_small(settings, fresh_day(), 1)
     broken = WorkerProcess(settings, [locations[1]], env=NO_RUCIO)
     try:
         first = await start(settings, client, seeded)
@@ -119,7 +130,9 @@ async def test_stuck_exposure_shows_its_failing_step_and_retry_resets_to_it(
 async def test_failed_exposure_is_restarted_by_retry_and_then_has_nothing_to_retry(
     settings: Settings, client: Client, dest_worker: WorkerProcess, rucio_worker: WorkerProcess
 ) -> None:
-    seeded = seed_exposure(settings, fresh_day(), 1)
+    """`status` shows a failed run's named error; once fixed, `retry` starts a new run that completes;
+    then there is nothing to retry."""
+    seeded = seed_small(settings, fresh_day(), 1)
     path = settings.dest_root / "LSSTCam" / str(seeded.day_obs) / f"{seeded.obs_id}.zip"
     plant_foreign_zip(path)
     handle = await start(settings, client, seeded)
@@ -144,7 +157,10 @@ async def test_failed_exposure_is_restarted_by_retry_and_then_has_nothing_to_ret
 async def test_exposure_waiting_for_raws_shows_waiting_and_has_nothing_to_retry(
     settings: Settings, client: Client, dest_worker: WorkerProcess
 ) -> None:
-    seeded = seed_exposure(settings, fresh_day(), 1, detectors=range(0, 150))
+    # Two of the three raws of a small exposure are in the bucket.
+    """The real zip's IncompleteExposure reaches the workflow under its name through a real worker: the
+    server's `step` search attribute says waiting, status says why, retry does nothing."""
+    seeded = seed_exposure(settings, fresh_day(), 1, detectors=SMALL[:2], expected=SMALL, file_size=8 * 1024)
     handle = await start_one(client, settings, seeded, WAITING_LONG)
     try:
 
@@ -154,7 +170,7 @@ async def test_exposure_waiting_for_raws_shows_waiting_and_has_nothing_to_retry(
 
         await poll_until(waiting, timeout=60, what="the step search attribute to say waiting")
         now = await exposure_status(client, "LSSTCam", seeded.obs_id)
-        assert now.status == "running" and now.waiting_for and "150 of 205" in now.waiting_for
+        assert now.status == "running" and now.waiting_for and "2 of 3" in now.waiting_for
         outcome = await retry_exposure(client, settings, "LSSTCam", seeded.obs_id)
         assert outcome.action == "none" and "waiting for its raws" in outcome.message
         code, out = cli(settings, "status", "--day", str(seeded.day_obs), "--json")

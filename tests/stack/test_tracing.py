@@ -3,35 +3,31 @@
 One trace per exposure: the workflow's ``exposure`` span is its root, with a
 ``step:<name>`` child per step, and under each an ``activity:<type>`` span per
 attempt. Every one carries instrument, day_obs and obs_id; log lines written
-by an activity name the obs_id and step. The exporter follows the settings (console, OTLP, none).
+by an activity name the obs_id and step. (Exporter choice and OTLP posting: tests/unit/test_telemetry.py.)
 """
 
 from __future__ import annotations
 
-import http.server
 import logging
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlmodel import Session
 from temporalio.client import Client
 
-from support import fresh_day, poll_until
-from unembargo.devstack.seed import SeededExposure, seed_exposure
+from support import fresh_day, poll_until, seed_small
+from unembargo.devstack.seed import SeededExposure
 from unembargo.engine.connection import connect
 from unembargo.engine.starter import start_exposures
-from unembargo.engine.telemetry import ExposureFields, span_processor, tracer_provider, traces_url
-from unembargo.models.errors import SourceMismatch
+from unembargo.engine.telemetry import ExposureFields, tracer_provider
 from unembargo.models.exposure import STEPS, Exposure, Policy
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect as db_connect
 from unembargo.models.tables import step_queues
-from unembargo.workers.observe import MESSAGE_LIMIT, short_failure
 from unembargo.workers.worker import build_workers
 
 
@@ -78,7 +74,7 @@ async def traced_client(settings: Settings, locations: list[str]) -> AsyncIterat
 
 
 async def _run_one(settings: Settings, client: Client) -> SeededExposure:
-    seeded = seed_exposure(settings, fresh_day(), 1)
+    seeded = seed_small(settings, fresh_day(), 1)
     exposure = Exposure("LSSTCam", seeded.day_obs, seeded.obs_id, seeded.exposure_id)
     with Session(db_connect(settings.database_url.get_secret_value())) as session:
         queues = step_queues(session)
@@ -96,6 +92,8 @@ def _of(spans: list[ReadableSpan], obs_id: str) -> list[ReadableSpan]:
 async def test_one_trace_per_exposure_with_a_span_per_step(
     settings: Settings, traced_client: Client, exported: InMemorySpanExporter, logged: Records
 ) -> None:
+    """A real run through `connect` and `build_workers` makes one trace per exposure, a span per step and
+    attempt, and activity log lines with obs_id and step."""
     seeded = await _run_one(settings, traced_client)
     await poll_until(
         lambda: any(s.name == "exposure" for s in _of(list(exported.get_finished_spans()), seeded.obs_id)),
@@ -127,60 +125,3 @@ async def test_one_trace_per_exposure_with_a_span_per_step(
 
     zipped = [r for r in logged.records if r.getMessage().startswith("zipped ")]
     assert zipped and all((r.obs_id, r.step) == (seeded.obs_id, "zip") for r in zipped)  # type: ignore[attr-defined]
-
-
-def test_exporter_follows_the_settings() -> None:
-    assert Settings().span_exporter() == "console"
-    assert Settings(otel_endpoint="http://collector:4318").span_exporter() == "otlp"
-    assert Settings(otel_endpoint="http://collector:4318", otel_exporter="none").span_exporter() == "none"
-    assert span_processor(Settings(otel_exporter="none")) is None
-    assert traces_url(Settings(otel_endpoint="http://collector:4318/")) == "http://collector:4318/v1/traces"
-
-
-class Collector(http.server.BaseHTTPRequestHandler):
-    """Records the paths that spans are posted to."""
-
-    posted: list[str] = []
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        Collector.posted.append(self.path)
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return
-
-
-def test_spans_reach_an_otlp_collector() -> None:
-    server = http.server.HTTPServer(("127.0.0.1", 0), Collector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    processor = span_processor(Settings(otel_endpoint=f"http://127.0.0.1:{server.server_port}"))
-    assert processor is not None
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    try:
-        with provider.get_tracer(__name__).start_as_current_span("exposure", attributes={"obs_id": "X"}):
-            pass
-        assert provider.force_flush(timeout_millis=10_000)
-        assert Collector.posted == ["/v1/traces"]
-    finally:
-        provider.shutdown()
-        server.shutdown()
-
-
-def test_failures_reach_temporal_short_and_under_their_own_name() -> None:
-    """A deep library error must not exceed what the server keeps as a pending activity's last
-    failure; the retry policies still match its class name."""
-    try:
-        try:
-            raise ConnectionError("connection refused " * 500)
-        except ConnectionError as low:
-            raise SourceMismatch("s3://embargo/x.fits reads back short") from low
-    except SourceMismatch as err:
-        failure = short_failure(err)
-    assert failure.type == "SourceMismatch"
-    assert failure.message == "s3://embargo/x.fits reads back short"
-    assert failure.__cause__ is None
-    long = short_failure(ConnectionError("refused " * 1000))
-    assert long.type == "ConnectionError" and len(long.message) < MESSAGE_LIMIT + 100

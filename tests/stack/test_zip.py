@@ -7,15 +7,11 @@ seq_num), so tests are independent.
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import io
 import json
 import shutil
-import threading
 import zipfile
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,24 +22,19 @@ from lsst.daf.butler import Butler
 from sqlmodel import Session, select
 from temporalio.testing import ActivityEnvironment
 
+from support import SMALL, seed_small
 from unembargo.activities.context import Resources
 from unembargo.activities.zip import ZipActivities
 from unembargo.adapters import destination
-from unembargo.adapters.headers import METADATA_INDEX, raw_metadata
+from unembargo.adapters.headers import METADATA_INDEX
 from unembargo.adapters.s3 import S3Object, SourceChanged, list_folder, read_verified
 from unembargo.adapters.zipping import (
     BUTLER_INDEX,
-    ByteBudget,
-    Folder,
-    Member,
-    WriteBehind,
-    in_order,
-    member_name,
 )
 from unembargo.devstack import lsstcam
 from unembargo.devstack.butler_repos import GUIDER_RAW
 from unembargo.devstack.lsstcam import DETECTORS, INSTRUMENT
-from unembargo.devstack.seed import SeededExposure, plan_exposure, raw_file, seed_exposure
+from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
 from unembargo.models.errors import (
     DestinationConflict,
@@ -139,6 +130,8 @@ def zipped(module_settings: Settings, resources: Resources) -> Zipped:
 
 
 def test_zip_matches_listing(resources: Resources, module_settings: Settings, zipped: Zipped) -> None:
+    """The real zip step against real S3 writes every object of the folder, stored, with the listing's
+    sizes and md5s, progress heartbeats, one install."""
     listing = _listing(module_settings, zipped.seeded)
     with zipfile.ZipFile(zipped.final) as zf:
         infos = {info.filename: info for info in zf.infolist()}
@@ -163,17 +156,20 @@ def test_zip_matches_listing(resources: Resources, module_settings: Settings, zi
 
 
 def test_odd_keys_are_zipped_under_their_names(zipped: Zipped) -> None:
+    """Objects with spaces and unicode in their keys are zipped under their names."""
     with zipfile.ZipFile(zipped.final) as zf:
         for name, body in ODD_OBJECTS.items():
             assert zf.read(name) == body
 
 
 def test_stale_staging_removed(zipped: Zipped) -> None:
+    """A staging file left by a crashed attempt is removed; only the final zip remains."""
     assert not zipped.stale.exists()
     assert _leftovers(zipped.final) == [zipped.final.name]
 
 
 def test_metadata_index_has_every_raw_header(zipped: Zipped) -> None:
+    """The zip's metadata index holds every raw's header, one per butler dataset."""
     with zipfile.ZipFile(zipped.final) as zf:
         # force_dict: each file's merged header as a plain mapping (no translation).
         index = cast(
@@ -209,6 +205,7 @@ def test_ingest_zip_into_empty_repo(zipped: Zipped, tmp_path: Path) -> None:
 
 
 def test_second_call_is_already_done(resources: Resources, module_settings: Settings, zipped: Zipped) -> None:
+    """A second zip call is already done and leaves the file as it is (same inode, mtime)."""
     before = zipped.final.stat()
     again = _run(resources, zipped.exposure)
     after = zipped.final.stat()
@@ -249,6 +246,7 @@ def test_zip_stays_done_when_the_embargo_copy_is_gone(
 def test_existing_zip_with_other_content_is_a_conflict(
     resources: Resources, module_settings: Settings, zipped: Zipped, kind: str
 ) -> None:
+    """A file of other content under the final name is DestinationConflict, left untouched."""
     seq = {"garbage": 11, "other zip": 12}[kind]
     seeded = seed_exposure(module_settings, DAY_OBS, seq, detectors=[0, 1, 2], file_size=FILE_SIZE)
     exposure = _exposure(seeded)
@@ -264,15 +262,34 @@ def test_existing_zip_with_other_content_is_a_conflict(
     assert _leftovers(final) == [final.name]
 
 
-def test_incomplete_exposure_is_not_zipped(resources: Resources, module_settings: Settings) -> None:
+def test_incomplete_exposure_is_not_zipped_until_its_raws_arrive(
+    resources: Resources, module_settings: Settings
+) -> None:
+    """The real step against real S3 and the embargo butler: IncompleteExposure, nothing written,
+    while raws are missing; once they are in, the next call (a fresh listing) zips them all.
+    (The workflow's durable wait between the calls: tests/unit/test_exposure_workflow.py.)"""
     exposure = _exposure(seed_exposure(module_settings, DAY_OBS, 13, detectors=range(5), file_size=FILE_SIZE))
     with pytest.raises(IncompleteExposure, match="found 5 of 205") as err:
         _run(resources, exposure)
     assert "R01_S12" in str(err.value)
     assert _leftovers(_final(module_settings, exposure)) == []
 
+    # The raws arriving: a small exposure (its expectedSensors lists three), one raw late.
+    late = seed_exposure(
+        module_settings, DAY_OBS, 15, detectors=SMALL[:2], expected=SMALL, file_size=FILE_SIZE
+    )
+    with pytest.raises(IncompleteExposure, match="found 2 of 3"):
+        _run(resources, _exposure(late))
+    complete = seed_small(module_settings, DAY_OBS, 15, file_size=FILE_SIZE)
+    receipt = _run(resources, _exposure(complete))
+    assert (receipt.raws, receipt.already_done) == (len(SMALL), False)
+    final = _final(module_settings, _exposure(complete))
+    assert _leftovers(final) == [final.name]
+
 
 def test_expected_sensors_missing_or_malformed(resources: Resources, module_settings: Settings) -> None:
+    """A missing expectedSensors file is IncompleteExposure (may still arrive); a malformed one is
+    SourceMismatch."""
     seeded = seed_exposure(module_settings, DAY_OBS, 14, detectors=[0], file_size=FILE_SIZE)
     exposure = _exposure(seeded)
     client = boto3.client("s3", endpoint_url=module_settings.s3_endpoint_url)
@@ -301,6 +318,8 @@ UNSAFE_KEYS = {
 def test_unsafe_key_refuses_the_exposure(
     resources: Resources, module_settings: Settings, seq: int, name: str
 ) -> None:
+    """An object key that could escape the folder or clash with an index refuses the exposure; nothing is
+    written."""
     seeded = seed_exposure(module_settings, DAY_OBS, seq, detectors=[0], file_size=FILE_SIZE)
     client = boto3.client("s3", endpoint_url=module_settings.s3_endpoint_url)
     client.put_object(Bucket=module_settings.s3_bucket, Key=seeded.prefix + name, Body=b"x")
@@ -310,6 +329,7 @@ def test_unsafe_key_refuses_the_exposure(
 
 
 def test_truncated_object_is_named(resources: Resources, module_settings: Settings) -> None:
+    """A raw shorter in the bucket than the butler says is SourceMismatch naming it."""
     seeded = seed_exposure(module_settings, DAY_OBS, 16, detectors=[0, 1], file_size=FILE_SIZE)
     client = boto3.client("s3", endpoint_url=module_settings.s3_endpoint_url)
     key = f"{seeded.prefix}{seeded.obs_id}_{DETECTORS[1].full_name}.fits"
@@ -323,26 +343,9 @@ def test_truncated_object_is_named(resources: Resources, module_settings: Settin
 # ---------------------------------------------------------------- pieces
 
 
-def test_truncated_or_empty_fits_is_refused() -> None:
-    plan = plan_exposure(DAY_OBS, 1)
-    data, _ = raw_file(plan, DETECTORS[0], FILE_SIZE, {"OBSID": plan.obs_id})
-    assert raw_metadata("r.fits", data)["DETNAME"] == DETECTORS[0].full_name
-    for bad, why in [(b"", "empty"), (data[:-2880], "truncated"), (data[:1000], "truncated")]:
-        with pytest.raises(SourceMismatch, match=why):
-            raw_metadata("r.fits", bad)
-
-
-def test_member_names() -> None:
-    folder = Folder("b", "LSSTCam/20251231/MC_O_20251231_000001/", members={})
-    assert member_name(folder, folder.prefix + "sub dir/é.json") == "sub dir/é.json"
-    for bad in ["/abs", "a/", "", "a/./b", "nul\x00byte", "_metadata_index.json"]:
-        with pytest.raises(UnsafeKey):
-            member_name(folder, folder.prefix + bad)
-    with pytest.raises(UnsafeKey, match="not under"):
-        member_name(folder, "elsewhere/x")
-
-
 def test_reads_are_checked_against_the_listing(module_settings: Settings, zipped: Zipped) -> None:
+    """Reads from real S3 are checked against the listing: a replaced object is transient, a size that
+    never matches is SourceMismatch."""
     client = boto3.client("s3", endpoint_url=module_settings.s3_endpoint_url)
     obj = _listing(module_settings, zipped.seeded)[names.expected_sensors_name(zipped.exposure.obs_id)]
     assert hashlib.md5(read_verified(client, module_settings.s3_bucket, obj)).hexdigest() == obj.etag
@@ -385,79 +388,3 @@ def test_reads_ask_for_the_s3_checksum_only_without_an_md5(
         client.meta.events.unregister("before-send.s3.GetObject", sent)
         client.delete_object(Bucket=bucket, Key=key)
     assert [m.decode() if isinstance(m, bytes) else m for m in modes] == [None, "ENABLED"]
-
-
-@pytest.mark.parametrize(("window", "window_bytes", "ahead"), [(6, 10_000, 6), (6, 40, 4)])
-def test_in_order_keeps_order_and_bounds_the_window(window: int, window_bytes: int, ahead: int) -> None:
-    """Results come in member order; no fetch starts more than ``ahead`` past the consumer."""
-    now = datetime.now(UTC)
-    members = [Member(f"m{i:03d}", S3Object(f"k{i}", 10, "", now)) for i in range(60)]
-    members.append(Member("m999", S3Object("big", 10 * window_bytes, "", now)))
-    consumed = 0
-    distance: list[int] = []
-    lock = threading.Lock()
-
-    def fetch(member: Member) -> str:
-        with lock:
-            distance.append(members.index(member) - consumed)
-        return member.name
-
-    got = []
-    for _, name in in_order(fetch, members, workers=4, window=window, window_bytes=window_bytes):
-        got.append(name)
-        with lock:
-            consumed += 1
-    assert got == [m.name for m in members]
-    assert max(distance) < ahead
-
-
-def test_zips_of_one_process_share_one_byte_budget() -> None:
-    """Two zips drawing on one budget both finish, in order, never holding more than it together."""
-    now = datetime.now(UTC)
-    budget = ByteBudget(100)
-    lists = {z: [Member(f"{z}{i:03d}", S3Object(f"{z}{i}", 30, "", now)) for i in range(40)] for z in "ab"}
-    lists["a"].append(Member("a999", S3Object("huge", 1000, "", now)))
-    lowest = budget.free
-
-    def fetch(member: Member) -> str:
-        nonlocal lowest
-        lowest = min(lowest, budget.free)
-        return member.name
-
-    def drain(zip_name: str, got: list[str]) -> None:
-        fetched = in_order(fetch, lists[zip_name], workers=4, window=8, window_bytes=10_000, budget=budget)
-        got.extend(name for _, name in fetched)
-
-    got: dict[str, list[str]] = {"a": [], "b": []}
-    threads = [threading.Thread(target=drain, args=(z, got[z])) for z in "ab"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "the zips waited on each other for ever"
-    assert got == {z: [m.name for m in lists[z]] for z in "ab"}
-    assert lowest >= 0
-    assert budget.free == budget.total
-
-
-def test_write_behind_keeps_order_and_hands_back_write_errors(tmp_path: Path) -> None:
-    """Bytes land in order; a full disk in the side thread surfaces as the same OSError in the writer."""
-    path = tmp_path / "out"
-    with open(path, "wb") as raw, WriteBehind(raw) as behind:
-        for i in range(100):
-            behind.write(f"{i},".encode())
-        behind.flush()
-    assert path.read_bytes() == "".join(f"{i}," for i in range(100)).encode()
-
-    class Full(io.RawIOBase):
-        def writable(self) -> bool:
-            return True
-
-        def write(self, data: Any) -> int:
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    with pytest.raises(OSError) as caught, WriteBehind(cast(Any, Full())) as behind:
-        for _ in range(10):
-            behind.write(b"x" * 1000)
-        behind.flush()
-    assert caught.value.errno == errno.ENOSPC
