@@ -70,6 +70,10 @@ class Resources:
         """This thread's read-only view of the embargo butler."""
         return self._butler("embargo", self.settings.embargo_butler, writeable=False)
 
+    def embargo_butler_writeable(self) -> Butler:
+        """This thread's writeable embargo butler (the arrivals flow ingests into it)."""
+        return self._butler("embargo_rw", self.settings.embargo_butler, writeable=True)
+
     def main_butler(self) -> Butler:
         """This thread's writeable main (destination) butler."""
         return self._butler("main", self.settings.main_butler, writeable=True)

@@ -5,6 +5,7 @@ unembargo dev seed            # synthetic LSSTCam exposures in the embargo bucke
 unembargo start --window 80h  # one durable workflow per exposure past its embargo
 unembargo schedule create     # ... every 15 minutes, as a Temporal Schedule
 unembargo status OBS_ID       # an exposure's step timeline; `retry OBS_ID` moves it on
+unembargo listen              # POST /notify: bucket notifications -> arrival workflows
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from unembargo.cli import dev, reconcile, schedule, start, status, workers
+from unembargo.cli import arrivals, dev, reconcile, schedule, start, status, workers
 from unembargo.engine.errors import SourceUnavailable, TemporalUnreachable
 from unembargo.models.settings import Settings
 
@@ -29,6 +30,8 @@ app.command()(reconcile.reconcile)
 app.add_typer(schedule.app, name="schedule")
 app.command()(status.status)
 app.command()(status.retry)
+app.command()(arrivals.listen)
+app.add_typer(arrivals.app, name="arrivals")
 
 
 @app.callback()

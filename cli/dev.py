@@ -93,3 +93,18 @@ def seed(
         f"seeded {len(report.exposures)} exposure(s) in {report.seconds:.1f}s; "
         f"{len(due)} ended more than {hours} ago"
     )
+    _seed_arrivals(settings, file_size=_size(size))
+
+
+def _seed_arrivals(settings: Settings, file_size: int) -> None:
+    """Exposures that reach the embargo butler the production way: uploads, then notifications."""
+    with console.status("uploading exposures and posting their bucket notifications..."):
+        sent = stack.seed_arrivals(settings, file_size=file_size)
+    if sent is None:
+        console.print("notification endpoint not up: no exposures sent through `unembargo listen`")
+        return
+    for exp in sent:
+        console.print(
+            f"  {exp.obs_id} ({exp.observation_type}): {len(exp.names)} objects notified; "
+            f"`unembargo arrivals status {exp.obs_id}`"
+        )

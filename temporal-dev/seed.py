@@ -467,6 +467,7 @@ def seed_exposure(
     cut_raws: Mapping[int, int] | None = None,
     butler: Butler | None = None,
     s3: S3Client | None = None,
+    ingest: bool = True,
 ) -> SeededExposure:
     """Write one exposure's folder to the embargo bucket and ingest it in place.
 
@@ -480,7 +481,8 @@ def seed_exposure(
     expectedSensors file lists (all 205 by default), so a small exposure can be
     complete. ``cut_raws`` cuts a detector's FITS to that many bytes (0: an empty
     object) before it is ingested, as a transfer that broke off leaves it. The
-    repos must exist (``ensure_repos``).
+    repos must exist (``ensure_repos``). ``ingest=False`` only uploads the folder, as
+    the summit does: the arrivals flow (bucket notifications) ingests it.
     """
     if guiders_as not in (RAW, GUIDER_RAW):
         raise ValueError(f"guiders_as must be {RAW!r} or {GUIDER_RAW!r}, not {guiders_as!r}")
@@ -492,12 +494,17 @@ def seed_exposure(
     listed = lsstcam.detectors_by_id(None if expected is None else list(expected))
     folder = _Folder(dets, listed, extra_objects or {}, cut_raws or {})
     names = _upload_folder(settings, s3, plan, folder, prefix, guiders_as, file_size)
-    with _embargo_butler(settings, butler) as b:
-        _insert_records(b, exposure_records(plan, dets))
-        datasets = _file_datasets(b, settings, plan, dets, prefix, guiders_as)
-        b.ingest(*datasets, transfer="direct", skip_existing=True)
+    if ingest:
+        with _embargo_butler(settings, butler) as b:
+            _insert_records(b, exposure_records(plan, dets))
+            datasets = _file_datasets(b, settings, plan, dets, prefix, guiders_as)
+            b.ingest(*datasets, transfer="direct", skip_existing=True)
+        n_guider = sum(1 for d in datasets if d.refs[0].datasetType.name == GUIDER_RAW)
+        n_raws = len(datasets) - n_guider
+    else:
+        n_guider = sum(1 for d in dets if guiders_as == GUIDER_RAW and d.purpose == lsstcam.GUIDER)
+        n_raws = len(dets) - n_guider
     region = plan.region()
-    n_guider = sum(1 for d in datasets if d.refs[0].datasetType.name == GUIDER_RAW)
     return SeededExposure(
         day_obs=day_obs,
         seq_num=seq_num,
@@ -510,7 +517,7 @@ def seed_exposure(
         prefix=prefix,
         names=tuple(sorted(names)),
         detectors=tuple(d.id for d in dets),
-        raws=len(datasets) - n_guider,
+        raws=n_raws,
         guider_raws=n_guider,
         tracts=() if region is None else skymap.overlapping_tracts(region),
         seconds=time.monotonic() - started,
@@ -628,3 +635,42 @@ def seed(
                 )
     report.seconds = time.monotonic() - started
     return report
+
+
+# ---------------------------------------------------------------- arrivals (notifications)
+
+# Exposures `dev seed` sends through the arrivals flow: a bias (free at once) and a science
+# exposure (free after its embargo period) of a day two days back, with seq numbers clear
+# of those `seed` writes directly.
+ARRIVAL_DAY_OFFSET = 2
+ARRIVAL_EXPOSURES = ((101, "bias"), (102, "science"))
+
+
+def seed_arrivals(
+    settings: Settings,
+    url: str,
+    secret: str,
+    now: datetime | None = None,
+    exposures: Sequence[tuple[int, str]] = ARRIVAL_EXPOSURES,
+    file_size: int = 64 * 1024,
+) -> list[SeededExposure]:
+    """Upload exposures as the summit does and post their bucket notifications to ``url``.
+
+    Nothing is ingested here: the arrival workflows do it, and start each exposure's
+    unembargo workflow at its embargo end.
+    """
+    from unembargo.devstack.notify import post_folder
+
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    ensure_repos(settings)
+    day_obs = lsstcam.day_obs_of(now - timedelta(days=ARRIVAL_DAY_OFFSET))
+    seeded = []
+    for seq_num, kind in exposures:
+        exp = seed_exposure(
+            settings, day_obs, seq_num, observation_type=kind, file_size=file_size, ingest=False
+        )
+        refused = [p for p in post_folder(settings, url, secret, exp.prefix) if p.status != 200]
+        if refused:
+            raise RuntimeError(f"{len(refused)} notification(s) of {exp.obs_id} refused: {refused[0]}")
+        seeded.append(exp)
+    return seeded

@@ -3,17 +3,21 @@ exactly what ``up`` started, ``status`` tells each service's address and health.
 
     >>> from unembargo.models.settings import Settings
     >>> [row.name for row in status(Settings())]  # doctest: +SKIP
-    ['postgres', 's3', 'temporal', 'rucio', 'worker']
+    ['postgres', 's3', 'temporal', 'rucio', 'worker', 'listen']
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from unembargo.adapters.s3 import use_loopback_credentials
-from unembargo.devstack import postgres, procs, rucio_server, s3, temporal, worker
+from unembargo.devstack import listen, postgres, procs, rucio_server, s3, temporal, worker
 from unembargo.models.settings import Settings
+
+if TYPE_CHECKING:
+    from unembargo.devstack.seed import SeededExposure
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ SERVICES = [
         lambda st: st.rucio_host,
     ),
     Service("worker", worker.ensure, worker.health, worker.stop, worker.address),
+    # Bucket notifications -> arrival workflows (the seeder posts them: moto does not push).
+    Service("listen", listen.ensure, listen.health, listen.stop, listen.address),
 ]
 
 
@@ -63,6 +69,15 @@ def up(settings: Settings, on_step: Callable[[str, str], None] = lambda n, a: No
         actions[service.name] = service.ensure(settings)
         on_step(service.name, actions[service.name])
     return actions
+
+
+def seed_arrivals(settings: Settings, file_size: int = 64 * 1024) -> list[SeededExposure] | None:
+    """Send ``seed.ARRIVAL_EXPOSURES`` through the endpoint (None when it is not up)."""
+    from unembargo.devstack.seed import seed_arrivals as send
+
+    if not listen.health(settings)[0]:
+        return None
+    return send(settings, listen.address(settings), listen.ensure_secret(settings), file_size=file_size)
 
 
 def down(settings: Settings) -> dict[str, bool]:

@@ -20,11 +20,13 @@ from sqlmodel import Session
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from unembargo.activities.arrival import ArrivalActivities
 from unembargo.activities.butler import ButlerActivities
 from unembargo.activities.context import Resources
 from unembargo.activities.rucio import RucioActivities
 from unembargo.activities.scheduled import StartingActivities
 from unembargo.activities.zip import ZipActivities
+from unembargo.models import arrival
 from unembargo.models.exposure import STEPS, Step
 from unembargo.models.flow import steps_at
 from unembargo.models.names import location_queue
@@ -33,6 +35,8 @@ from unembargo.models.settings import Settings
 from unembargo.models.tables import get_location
 from unembargo.workers.memory import map_large_buffers
 from unembargo.workers.observe import ActivityObserver
+from unembargo.workflows.arrival import ArrivalWorkflow
+from unembargo.workflows.arrival_sweep import ArrivalSweepWorkflow
 from unembargo.workflows.exposure import ExposureWorkflow
 from unembargo.workflows.select import SelectAndStartWorkflow
 
@@ -51,6 +55,12 @@ def step_activities(resources: Resources) -> dict[Step, Callable[..., Any]]:
     return found
 
 
+def arrival_activities(resources: Resources, client: Client) -> list[Callable[..., Any]]:
+    """The arrivals flow's activities, one per step of its table (models/arrival.STEPS)."""
+    impl = ArrivalActivities(resources, client)
+    return [*(getattr(impl, spec.activity) for spec in arrival.STEPS.values()), impl.sweep_arrivals]
+
+
 def build_workers(
     client: Client,
     settings: Settings,
@@ -62,6 +72,7 @@ def build_workers(
     resources = Resources(settings)
     activities = step_activities(resources)
     selection = StartingActivities(resources, client).select_and_start
+    arrivals = arrival_activities(resources, client)
     # Sync activities (butler, boto3, rucio are blocking libraries) run in threads.
     executor = ThreadPoolExecutor(max_workers=max_concurrent_activities * max(1, len(locations)))
     workers = []
@@ -71,6 +82,8 @@ def build_workers(
         served = [activities[step] for step in steps_at(STEPS, kind)]
         if kind == STEPS[SELECT_STEP].location:
             served.append(selection)
+        if kind == arrival.ARRIVAL_LOCATION:
+            served += arrivals
         workers.append(
             Worker(
                 client,
@@ -86,7 +99,7 @@ def build_workers(
             Worker(
                 client,
                 task_queue=settings.workflow_task_queue,
-                workflows=[ExposureWorkflow, SelectAndStartWorkflow],
+                workflows=[ExposureWorkflow, SelectAndStartWorkflow, ArrivalWorkflow, ArrivalSweepWorkflow],
                 # A killed worker's workflows move to a live one after 2 s, not 10 s.
                 sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
             )
