@@ -23,6 +23,7 @@ from unembargo.adapters import destination
 from unembargo.adapters.butler import (
     Records,
     check_existing_yaml,
+    check_obs_id_free,
     collect_records,
     count_records,
     exposure_record,
@@ -138,6 +139,8 @@ class ButlerActivities:
         held = holds_exposure(main, exp)
         if held:
             self._check_exposure_record(main, exp)
+        else:
+            check_obs_id_free(main, exp)
         import_records(main, yaml_path, exp)
         if not held:
             self._check_exposure_record(main, exp)

@@ -46,8 +46,8 @@ from unembargo.adapters.zipping import (
     detector_name,
     differences_text,
     fetch_member,
+    folder_members,
     in_order,
-    member_name,
     names_text,
     parse_expected_sensors,
     raw_refs,
@@ -99,12 +99,19 @@ class ZipActivities:
         prefix = names.exposure_prefix(settings.s3_prefix, exp.instrument, exp.day_obs, exp.obs_id)
         objects = list_folder(self.resources.s3, settings.s3_bucket, prefix)
         folder = Folder(settings.s3_bucket, prefix, members={})
-        folder.members.update((member_name(folder, obj.key), obj) for obj in objects)
+        folder.members.update(folder_members(folder, objects))
         return folder
 
     def _existing(self, exp: Exposure, final: Path, relpath: str, folder: Folder) -> ZipReceipt:
         """Receipt of a zip already in place if it matches the folder, else a conflict."""
         check = verify_zip(final, folder.members, exp, Progress().beat)
+        if check.foreign:
+            raise DestinationConflict(
+                f"{final} belongs to another exposure: its {BUTLER_INDEX} lists {check.foreign}, "
+                f"not {exp.instrument} exposure {exp.exposure_id} ({exp.obs_id}). It was left untouched. "
+                "Find where that exposure's zip should be (a misnamed or misplaced file); move this "
+                f"one aside (check Rucio and the main butler first), then {RERUN}."
+            )
         if check.differences:
             raise DestinationConflict(
                 f"{final} exists but does not match {folder.url}: {differences_text(check.differences)}. "

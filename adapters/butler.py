@@ -31,8 +31,10 @@ from temporalio.exceptions import CancelledError
 
 from unembargo.adapters import libyaml
 from unembargo.models.errors import (
+    RERUN,
     DatasetConflict,
     DestinationConflict,
+    DimensionRecordConflict,
     MissingExposure,
     SourceMismatch,
 )
@@ -76,6 +78,11 @@ def exposure_record(butler: Butler, exp: Exposure, which: str = "embargo") -> Di
     found = butler.query_dimension_records(
         "exposure", instrument=exp.instrument, exposure=exp.exposure_id, explain=False
     )
+    if which == "main" and (not found or found[0].obs_id != exp.obs_id):
+        other = found[0].obs_id if found else _id_of_obs(butler, exp)
+        if other is not None:
+            found_obs = found[0].obs_id if found else None
+            raise DimensionRecordConflict(main_record_conflict(exp, found_obs, None if found else other))
     if not found or found[0].obs_id != exp.obs_id:
         have = f"obs_id {found[0].obs_id!r}" if found else "no such exposure"
         raise MissingExposure(
@@ -83,6 +90,42 @@ def exposure_record(butler: Butler, exp: Exposure, which: str = "embargo") -> Di
             f"expected obs_id {exp.obs_id!r}. Check the exposure id and the butler settings."
         )
     return found[0]
+
+
+def _id_of_obs(butler: Butler, exp: Exposure) -> int | None:
+    """The id of another exposure record with ``exp``'s obs_id, if any."""
+    found = butler.query_dimension_records(
+        "exposure",
+        instrument=exp.instrument,
+        where="exposure.obs_id = wanted",
+        bind={"wanted": exp.obs_id},
+        explain=False,
+    )
+    return next((int(rec.id) for rec in found if int(rec.id) != exp.exposure_id), None)
+
+
+def check_obs_id_free(main: Butler, exp: Exposure) -> None:
+    """DimensionRecordConflict if ``main`` holds the exposure's obs_id under another exposure id.
+
+    Importing the yaml would skip the exposure record (it clashes on obs_id) and bring
+    in the rest: checked before the import, so nothing joins the main butler.
+    """
+    other = _id_of_obs(main, exp)
+    if other is not None:
+        raise DimensionRecordConflict(main_record_conflict(exp, other_id=other))
+
+
+def main_record_conflict(exp: Exposure, found_obs_id: str | None = None, other_id: int | None = None) -> str:
+    """The message for a main-butler exposure record that disagrees with ``exp`` on obs_id or id."""
+    if other_id is not None:
+        what = f"holds obs_id {exp.obs_id!r} as exposure {other_id}, not {exp.exposure_id}"
+    else:
+        what = f"holds exposure {exp.exposure_id} as obs_id {found_obs_id!r}, not {exp.obs_id!r}"
+    return (
+        f"the main butler {what} ({exp.instrument}). Importing records never replaces existing ones, "
+        "so this exposure cannot be ingested beside it. Correct the wrong record (main or embargo), "
+        f"then {RERUN}."
+    )
 
 
 def holds_exposure(butler: Butler, exp: Exposure) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -145,21 +146,57 @@ def install(staging: Path, final: Path) -> bool:
     return True
 
 
+# Staging names: ours (staging_path) and the old cron tool's, for <obs_id>.zip or its yaml.
+_OURS = re.compile(r"^\.(?P<final>.+)\.[0-9a-f]{12}\.partial$")
+_CRON = re.compile(r"^(?P<final>.+\.zip)\.transfer-tmp$")
+
+
+def parse_staging(name: str) -> tuple[str, str] | None:
+    """(final name, "ours" or "cron") of a staging file's name (a path's last part), else None.
+
+    >>> parse_staging(".MC_O_20251231_000010.zip.0123456789ab.partial")
+    ('MC_O_20251231_000010.zip', 'ours')
+    >>> parse_staging("MC_O_20251231_000010.zip.transfer-tmp")
+    ('MC_O_20251231_000010.zip', 'cron')
+    >>> parse_staging("MC_O_20251231_000010.zip") is None
+    True
+    """
+    base = name.rpartition("/")[2]
+    for made_by, pattern in (("ours", _OURS), ("cron", _CRON)):
+        if found := pattern.match(base):
+            return found["final"], made_by
+    return None
+
+
 def list_day(root: Path, day_relpath: str) -> dict[str, int]:
     """Installed files of a day folder: relative path -> size (one stat each).
 
     Hidden names (staging files of attempts in progress) are skipped; a missing
     day folder holds nothing, a missing root is an unmounted disk (an error).
     """
+    return scan_day(root, day_relpath)[0]
+
+
+def scan_day(root: Path, day_relpath: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(installed files, staging files) of a day folder: relative path -> size, one stat each.
+
+    Staging files are ours and the old cron tool's (``parse_staging``); other hidden
+    names are skipped. A missing day folder holds nothing, a missing root is an
+    unmounted disk (an error).
+    """
     if not root.is_dir():
         raise FileNotFoundError(f"destination root {root} is missing (not mounted?)")
     folder = root / day_relpath
     try:
-        entries = list(os.scandir(folder))
+        entries = [entry for entry in os.scandir(folder) if entry.is_file()]
     except FileNotFoundError:
-        return {}
-    return {
-        f"{day_relpath}/{entry.name}": entry.stat().st_size
-        for entry in entries
-        if not entry.name.startswith(".") and entry.is_file()
-    }
+        return {}, {}
+    installed: dict[str, int] = {}
+    staging: dict[str, int] = {}
+    for entry in entries:
+        relpath = f"{day_relpath}/{entry.name}"
+        if parse_staging(entry.name):
+            staging[relpath] = entry.stat().st_size
+        elif not entry.name.startswith("."):
+            installed[relpath] = entry.stat().st_size
+    return installed, staging

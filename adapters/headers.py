@@ -18,7 +18,7 @@ from astro_metadata_translator import merge_headers
 from astro_metadata_translator.indexing import calculate_index
 from astropy.io import fits
 
-from unembargo.models.errors import SourceMismatch
+from unembargo.models.errors import RERUN, SourceMismatch
 
 METADATA_INDEX = "_metadata_index.json"
 FITS_SUFFIXES = (".fits", ".fz")
@@ -62,7 +62,11 @@ def _walk(name: str, data: bytes) -> tuple[fits.Header, fits.Header | None]:
     if len(data) % BLOCK:
         raise _truncated(name, f"{len(data)} bytes is not a whole number of 2880-byte FITS blocks")
     if not data.startswith(b"SIMPLE  ="):
-        raise SourceMismatch(f"raw {name} does not start with a FITS primary header")
+        raise SourceMismatch(
+            f"raw {name} does not start with a FITS primary header (its first bytes are not "
+            "'SIMPLE  ='): it is not a FITS file, or a damaged one. Check the object in the embargo "
+            f"bucket (re-upload the camera's file, or remove it and its butler dataset), then {RERUN}."
+        )
     parsed: list[fits.Header] = []
     pos, hdu = 0, 0
     while pos < len(data):

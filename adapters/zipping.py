@@ -106,6 +106,33 @@ def member_name(folder: Folder, key: str) -> str:
     return name
 
 
+def folder_members(folder: Folder, objects: list[S3Object]) -> dict[str, S3Object]:
+    """The listed objects by member name; every unsafe key named in one UnsafeKey.
+
+    A zero-byte object whose key is the folder itself (``.../<obs_id>/``, the "folder
+    marker" S3 consoles create) is not a member and is skipped.
+    """
+    members: dict[str, S3Object] = {}
+    unsafe: list[str] = []
+    for obj in objects:
+        if obj.key == folder.prefix and obj.size == 0:
+            continue
+        name = obj.key[len(folder.prefix) :] if obj.key.startswith(folder.prefix) else None
+        problem = _unsafe(name)
+        if problem:
+            unsafe.append(f"{obj.key!r} ({problem})")
+        else:
+            assert name is not None
+            members[name] = obj
+    if unsafe:
+        raise UnsafeKey(
+            f"{len(unsafe)} object key{'s' if len(unsafe) != 1 else ''} in {folder.url} cannot be "
+            f"zip members: {names_text(unsafe)}; nothing was written. Rename or remove "
+            f"{'them' if len(unsafe) != 1 else 'it'} in the embargo bucket, then {RERUN}."
+        )
+    return members
+
+
 def _unsafe(name: str | None) -> str | None:
     """Why a relative name cannot be a member (it could escape or clash on extraction)."""
     if name is None:
@@ -236,6 +263,8 @@ class ZipCheck:
     differences: list[str]
     members: int
     raws: int
+    # Whom the zip's butler index names instead, when it lists none of this exposure.
+    foreign: str = ""
 
 
 def _index_differences(index: ZipIndex, exp: Exposure) -> list[str]:
@@ -246,6 +275,23 @@ def _index_differences(index: ZipIndex, exp: Exposure) -> list[str]:
     }
     others = sorted(found - {(exp.instrument, exp.exposure_id)}, key=str)
     return [f"its butler index lists datasets of {inst} exposure {eid}" for inst, eid in others]
+
+
+def _owners(index: ZipIndex) -> str:
+    """The exposures a butler index lists, for a message."""
+    found = {
+        (str(ref.data_id.get("instrument")), str(ref.data_id.get("exposure")))
+        for ref in index.refs.compact_refs.values()
+    }
+    return ", ".join(f"{inst} exposure {eid}" for inst, eid in sorted(found))
+
+
+def _lists_exposure(index: ZipIndex, exp: Exposure) -> bool:
+    """Whether the butler index lists any dataset of ``exp``."""
+    return any(
+        (ref.data_id.get("instrument"), ref.data_id.get("exposure")) == (exp.instrument, exp.exposure_id)
+        for ref in index.refs.compact_refs.values()
+    )
 
 
 def _name_differences(names_in_zip: list[str], expected: Mapping[str, S3Object]) -> list[str]:
@@ -446,12 +492,16 @@ def _verify_open(
     missing_indexes = [f"{name} missing" for name in INDEX_NAMES if name not in by_name]
     if missing_indexes:
         return ZipCheck(missing_indexes, len(infos), 0)
+    index = ZipIndex.from_open_zip(zf)
+    # A zip of another exposure: say that alone, not every member that differs.
+    others = _index_differences(index, exp)
+    if others and not _lists_exposure(index, exp):
+        return ZipCheck(others, len(infos), len(index.refs), foreign=_owners(index))
     differences = _name_differences([info.filename for info in infos], expected)
     for done, (name, info) in enumerate(sorted(by_name.items()), start=1):
         if name not in INDEX_NAMES:
             differences += _member_differences(zf, info, expected.get(name))
             beat(f"{done}/{len(infos)} members of the existing zip verified")
-    index = ZipIndex.from_open_zip(zf)
     differences += [f"{name} indexed but absent" for name in index.artifact_map if name not in by_name]
     differences += _index_differences(index, exp)
     json.loads(zf.read(METADATA_INDEX))

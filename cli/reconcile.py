@@ -36,8 +36,12 @@ _STYLE = {
     "failed": "red",
     "half-done": "red",
     "missing": "red",
+    "no-butler-record": "red",
+    "corrupt": "red",
     "orphan": "magenta",
 }
+# The step column: one mark per step, in step order (● done, ○ not).
+STEPS_HEADER = "steps " + " ".join(str(step) for step in STEPS)
 
 
 def reconcile(
@@ -53,17 +57,28 @@ def reconcile(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also compare content, not just names: every zip's members with the bucket "
+            "(sizes, md5s, indexes) and every registered file's bytes/adler32/md5 with Rucio's. "
+            "Reads every zip and yaml of the day.",
+        ),
+    ] = False,
 ) -> None:
     """Classify every exposure of a day: unembargoed, embargoed, running, failed,
-    half-done, missing or orphan, each with its reason.
+    half-done, missing, no-butler-record, corrupt (--verify) or orphan, each with its
+    reason; and list staging files left in the day folder.
 
-    Exit code 0 only when nothing is missing, half-done or failed (with --repair: afterwards).
+    Exit code 0 only when no exposure is missing, half-done, failed, no-butler-record or
+    corrupt and no stale staging file is left (with --repair: afterwards).
     """
     settings: Settings = ctx.obj
     # A loopback endpoint (the local stack) takes dummy keys; real ones use the environment's.
     use_loopback_credentials(settings.s3_endpoint_url)
     try:
-        request = ReconcileRequest(check_day_obs(day), check_name("instrument", instrument))
+        request = ReconcileRequest(check_day_obs(day), check_name("instrument", instrument), verify=verify)
     except InvalidName as err:
         raise typer.BadParameter(str(err)) from err
     # A source that cannot be read is SourceUnavailable: the command line names it (exit 2).
@@ -103,8 +118,7 @@ def verdict_table(rec: Reconciliation) -> Table:
     table = Table(title=f"{rec.instrument} {rec.day_obs}")
     table.add_column("class", no_wrap=True)
     table.add_column("exposure", no_wrap=True)
-    # zeirt: zip, export, ingest, register, tag.
-    table.add_column("".join(step[0] for step in STEPS), no_wrap=True)
+    table.add_column(STEPS_HEADER, no_wrap=True)
     table.add_column("reason")
     for klass in CLASSES:
         rows = rec.of(klass)
@@ -118,22 +132,42 @@ def verdict_table(rec: Reconciliation) -> Table:
 
 
 def _steps(verdict: Verdict) -> str:
-    return "".join("●" if step in verdict.done else "○" for step in STEPS)
+    """One mark under each step name of the header."""
+    marks = ("●" if step in verdict.done else "○" for step in STEPS)
+    return "      " + " ".join(mark.ljust(len(str(step))) for mark, step in zip(marks, STEPS, strict=True))
+
+
+def staging_table(rec: Reconciliation) -> Table:
+    """Staging files in the day folder: whose, made by which tool, stale or in use."""
+    table = Table(title=f"staging files in {rec.instrument}/{rec.day_obs}")
+    for column in ("file", "bytes", "exposure", "left by", "state"):
+        table.add_column(column, no_wrap=column != "file")
+    for f in rec.staging:
+        tool = "unembargo (a crashed attempt)" if f.made_by == "ours" else "the old cron tool"
+        state = "in use? its workflow is running" if f.in_use else "[red]stale: remove it[/red]"
+        table.add_row(f.name, str(f.size), f.obs_id or "?", tool, state)
+    return table
 
 
 def summary(rec: Reconciliation) -> str:
     """Counts per class, and where the time went."""
     counts = ", ".join(f"{n} {klass}" for klass, n in rec.counts.items() if n)
     action = sum(rec.counts[k] for k in NEEDS_ACTION)
-    verdict = "nothing to do" if rec.ok else f"{action} need action (missing, half-done or failed)"
+    needing = ", ".join(NEEDS_ACTION)
+    verdict = "nothing to do" if rec.ok else f"{action} need action ({needing})"
+    if rec.stale:
+        verdict += f"; {len(rec.stale)} stale staging file(s)"
     took = ", ".join(f"{s} {rec.seconds[s]:.1f}" for s in SOURCES)
+    deep = f"; verify {rec.seconds['verify']:.1f} s" if "verify" in rec.seconds else ""
     return (
         f"{len(rec.verdicts)} exposure(s): {counts or 'none'}; {verdict}\n"
-        f"inventory took {rec.seconds['total']:.1f} s (sources at once, each: {took} s)"
+        f"inventory took {rec.seconds['total']:.1f} s (sources at once, each: {took} s{deep})"
     )
 
 
 def _print(rec: Reconciliation) -> None:
     console.print(verdict_table(rec))
+    if rec.staging:
+        console.print(staging_table(rec))
     # Unwrapped, so a script can grep the counts whatever the terminal's width.
     console.print(summary(rec), soft_wrap=True)

@@ -32,20 +32,24 @@ from unembargo.models import names
 from unembargo.models.exposure import STEPS, Exposure, Step
 from unembargo.models.reconcile import (
     CLASSES,
+    CORRUPT,
     EMBARGOED,
     FAILED,
     HALF_DONE,
     MISSING,
     NEEDS_ACTION,
     ORPHAN,
+    REPAIRABLE,
     RUNNING,
     SOURCES,
     UNEMBARGOED,
+    UNREGISTERED,
     EmbargoExposure,
     Inventory,
     MainHolding,
     ObsDataset,
     RucioDay,
+    StagingFile,
     Verdict,
     WorkflowRun,
 )
@@ -63,6 +67,9 @@ class ReconcileRequest:
     # Ask the sources one after another: slower, but each source's time is its own
     # (the benchmark's split); by default they are asked at once.
     sequential: bool = False
+    # Also compare what exists with its sources (zip members with the bucket, files on
+    # disk with their Rucio checksums): reads every zip and yaml of the day.
+    verify: bool = False
 
 
 # ---------------------------------------------------------------- inventory
@@ -84,18 +91,28 @@ async def take_inventory(
     seconds: dict[str, float] = {}
     found = await _run_sources(jobs, seconds, request.sequential)
     exposures, main = found["butler"]
-    return Inventory(
+    installed, staging = found["destination"]
+    inv = Inventory(
         instrument=inst,
         day_obs=day,
         bucket_url=f"s3://{settings.s3_bucket}/{names.day_prefix(settings.s3_prefix, inst, day)}",
         folders=frozenset(found["s3"]),
         exposures=exposures,
         main=main,
-        destination=found["destination"],
+        destination=installed,
+        staging=staging,
         rucio=found["rucio"],
         workflows=found["temporal"],
         seconds=seconds,
     )
+    if request.verify:
+        started = time.perf_counter()
+        try:
+            inv.deep = await asyncio.to_thread(_deep, settings, inv)
+        except Exception as err:
+            raise SourceUnavailable("verify", err) from err
+        seconds["verify"] = time.perf_counter() - started
+    return inv
 
 
 async def _run_sources(
@@ -149,10 +166,85 @@ def _butlers(
         return exposures, main_holdings(main, embargo, instrument, day_obs)
 
 
-def _destination(settings: Settings, instrument: str, day_obs: int) -> dict[str, int]:
-    from unembargo.adapters.destination import list_day
+def _destination(settings: Settings, instrument: str, day_obs: int) -> tuple[dict[str, int], dict[str, int]]:
+    from unembargo.adapters.destination import scan_day
 
-    return list_day(settings.dest_root.resolve(), names.day_relpath(instrument, day_obs))
+    return scan_day(settings.dest_root.resolve(), names.day_relpath(instrument, day_obs))
+
+
+# Zips verified at once: each is read whole (CRCs and md5s), so this bounds disk reads.
+VERIFY_THREADS = 4
+
+
+def _deep(settings: Settings, inv: Inventory) -> dict[str, dict[str, str]]:
+    """What differs between each existing zip or yaml and its sources, by obs_id and step.
+
+    One listing of the day's bucket prefix (all its objects, paged), then every zip
+    compared with its folder's objects (``verify_zip``: names, sizes, md5s, indexes)
+    and every registered file's bytes, adler32 and md5 on disk with Rucio's, in a
+    small thread pool.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unembargo.adapters.s3 import connect as s3_connect
+    from unembargo.adapters.s3 import list_folder
+
+    prefix = names.day_prefix(settings.s3_prefix, inv.instrument, inv.day_obs)
+    by_folder: dict[str, dict[str, Any]] = {}
+    for obj in list_folder(s3_connect(settings.s3_endpoint_url), settings.s3_bucket, prefix):
+        folder, _, member = obj.key[len(prefix) :].partition("/")
+        if member:
+            by_folder.setdefault(folder, {})[member] = obj
+    root = settings.dest_root.resolve()
+    jobs = [name for name in inv.destination if names.parse_day_file(name)]
+    with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+        found = list(pool.map(lambda name: _deep_file(root, inv, name, by_folder), jobs))
+    deep: dict[str, dict[str, str]] = {}
+    for name, problems in zip(jobs, found, strict=True):
+        parsed = names.parse_day_file(name)
+        assert parsed is not None
+        for step, problem in problems.items():
+            deep.setdefault(parsed[0], {})[step] = problem
+    return deep
+
+
+def _deep_file(root: Any, inv: Inventory, name: str, by_folder: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The deep problems of one zip or yaml at the destination, by step."""
+    from unembargo.adapters.destination import checksums
+    from unembargo.adapters.zipping import differences_text, verify_zip
+
+    parsed = names.parse_day_file(name)
+    assert parsed is not None
+    obs_id, kind = parsed
+    path = root / name
+    problems: dict[str, str] = {}
+    exp = inv.exposures.get(obs_id)
+    if kind == "zip" and exp is not None:
+        members = by_folder.get(obs_id, {})
+        check = verify_zip(path, members, Exposure(inv.instrument, inv.day_obs, obs_id, exp.exposure_id))
+        if check.foreign:
+            problems[Step.ZIP] = (
+                f"the zip belongs to another exposure (its butler index lists {check.foreign})"
+            )
+        elif check.differences:
+            problems[Step.ZIP] = (
+                f"the zip does not match {inv.bucket_url}{obs_id}/: {differences_text(check.differences)}"
+            )
+    held = inv.rucio.files.get(name)
+    if held is not None:
+        size, md5, adler32 = checksums(path)
+        wrong = [
+            f"{what} {have} in Rucio, {want} on disk"
+            for what, have, want in (
+                ("bytes", held.bytes, size),
+                ("adler32", held.adler32, adler32),
+                ("md5", held.md5, md5),
+            )
+            if have is not None and have != want
+        ]
+        if wrong:
+            problems[Step.REGISTER] = f"the {kind} is registered with {', '.join(wrong)}"
+    return problems
 
 
 def _rucio(settings: Settings, instrument: str, day_obs: int) -> RucioDay:
@@ -217,15 +309,28 @@ def _class_and_reason(
         return ORPHAN, f"{where} but found: {', '.join(found)}; {_last_run(run)}"
     if exp is None and obs_id not in inv.folders:
         return MISSING, f"known only to Temporal ({_last_run(run)}): not in the embargo bucket or butler"
+    deep = inv.deep.get(obs_id)
+    if deep:
+        wrong = "; ".join(f"{step}: {problem}" for step, problem in deep.items())
+        return CORRUPT, (
+            f"{wrong}; {_last_run(run)}. Nothing was changed: find which side is wrong "
+            "(the bucket object or the unembargoed copy) before moving anything"
+        )
     if len(done) == len(STEPS):
         early = "" if exp is None or exp.due else f", although {_embargo(exp)}"
         return UNEMBARGOED, f"every step done{early}"
+    if exp is None:
+        return UNREGISTERED, (
+            f"a folder in {inv.bucket_url} but no exposure record in the embargo butler, so "
+            f"nothing can unembargo it{_done_note(done)}; {_last_run(run)}. Ingest its raws into "
+            "the embargo butler (or remove the folder if it is no exposure)"
+        )
     if run is not None and run.status in ("failed", "timed_out"):
         return FAILED, f"{run.error or run.status}{_done_note(done)}"
-    if (exp is None or not exp.due) and not done:
+    if not exp.due and not done:
         return EMBARGOED, f"{_embargo(exp)}; {_last_run(run)}"
     if done:
-        held = "" if exp is not None and exp.due else f"; {_embargo(exp)}: --repair leaves it alone"
+        held = "" if exp.due else f"; {_embargo(exp)}: --repair leaves it alone"
         return HALF_DONE, f"{_steps_summary(problems, done)}; {_last_run(run)}{held}"
     absent = "" if obs_id in inv.folders else f"; and it has no folder in {inv.bucket_url}"
     return MISSING, f"past its embargo period and no step done; {_last_run(run)}{absent}"
@@ -238,6 +343,15 @@ def step_problems(inv: Inventory, obs_id: str) -> dict[str, str | None]:
         yaml_name = names.yaml_relpath(inv.instrument, inv.day_obs, obs_id)
     except names.InvalidName:
         return {step: "not a valid obs_id" for step in STEPS}
+    deep = inv.deep.get(obs_id, {})
+    return {
+        step: deep.get(step) or problem
+        for step, problem in _shallow_problems(inv, obs_id, zip_name, yaml_name).items()
+    }
+
+
+def _shallow_problems(inv: Inventory, obs_id: str, zip_name: str, yaml_name: str) -> dict[str, str | None]:
+    """Each step's "done when" judged on names, sizes and listings alone."""
     return {
         Step.ZIP: None if zip_name in inv.destination else "no zip at the destination",
         Step.EXPORT: None if yaml_name in inv.destination else "no dimension yaml at the destination",
@@ -344,6 +458,23 @@ def _steps_summary(problems: dict[str, str | None], done: tuple[str, ...]) -> st
     return f"done: {', '.join(done)}; not done: {', '.join(todo)}"
 
 
+def staging_files(inv: Inventory) -> list[StagingFile]:
+    """The day folder's staging files, each with its exposure and whether a run may be using it."""
+    from unembargo.adapters.destination import parse_staging
+
+    out = []
+    for name, size in sorted(inv.staging.items()):
+        parsed = parse_staging(name)
+        assert parsed is not None, "the inventory holds staging names only"
+        final, made_by = parsed
+        owner = names.parse_day_file(final)
+        obs_id = owner[0] if owner else None
+        run = inv.workflows.get(obs_id) if obs_id else None
+        in_use = made_by == "ours" and run is not None and run.status == "running"
+        out.append(StagingFile(name, size, obs_id, made_by, in_use))
+    return out
+
+
 # ---------------------------------------------------------------- results
 
 
@@ -355,6 +486,13 @@ class Reconciliation:
     day_obs: int
     verdicts: list[Verdict]
     seconds: dict[str, float]
+    staging: list[StagingFile] = field(default_factory=list)
+    verified: bool = False
+
+    @property
+    def stale(self) -> list[StagingFile]:
+        """Staging files no running workflow may be writing: left by a crash or the old tool."""
+        return [f for f in self.staging if not f.in_use]
 
     def of(self, klass: str) -> list[Verdict]:
         return [v for v in self.verdicts if v.klass == klass]
@@ -365,17 +503,19 @@ class Reconciliation:
 
     @property
     def ok(self) -> bool:
-        """Nothing missing, half-done or failed."""
-        return not any(v.klass in NEEDS_ACTION for v in self.verdicts)
+        """Nothing that needs action: no exposure in such a class, no stale staging file."""
+        return not self.stale and not any(v.klass in NEEDS_ACTION for v in self.verdicts)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "instrument": self.instrument,
             "day_obs": self.day_obs,
             "ok": self.ok,
+            "verified": self.verified,
             "counts": self.counts,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "exposures": [v.as_dict() for v in self.verdicts],
+            "staging": [f.as_dict() for f in self.staging],
         }
 
 
@@ -390,9 +530,9 @@ async def reconcile_day(
     started = time.perf_counter()
     inv = await take_inventory(settings, request, client, now)
     verdicts = classify(inv)
-    seconds = {source: inv.seconds[source] for source in SOURCES}
+    seconds = {source: inv.seconds[source] for source in (*SOURCES, "verify") if source in inv.seconds}
     seconds["total"] = time.perf_counter() - started
-    return Reconciliation(inv.instrument, inv.day_obs, verdicts, seconds)
+    return Reconciliation(inv.instrument, inv.day_obs, verdicts, seconds, staging_files(inv), request.verify)
 
 
 @dataclass
@@ -428,7 +568,7 @@ async def repair(
     are left alone.
     """
     todo = [v for v in before.verdicts if v.repairable]
-    left = [v.obs_id for v in before.verdicts if v.klass in NEEDS_ACTION and not v.repairable]
+    left = [v.obs_id for v in before.verdicts if v.klass in REPAIRABLE and not v.repairable]
     result = Repair(skipped=left)
     if not todo:
         return result

@@ -19,10 +19,18 @@ FAILED = "failed"
 HALF_DONE = "half-done"
 MISSING = "missing"
 ORPHAN = "orphan"
+# A folder in the embargo bucket that the embargo butler has no exposure record of:
+# nothing can unembargo it until someone ingests (or removes) it.
+UNREGISTERED = "no-butler-record"
+# --verify: a step's file or records exist under the right name but their content does
+# not match the source (a conflicting zip, a changed bucket object, wrong checksums).
+CORRUPT = "corrupt"
 # Display order, from "nothing to do" to "look at this".
-CLASSES = (UNEMBARGOED, EMBARGOED, RUNNING, FAILED, HALF_DONE, MISSING, ORPHAN)
-# Classes that fail the exit code, and that --repair (re)starts a workflow for.
-NEEDS_ACTION = (MISSING, HALF_DONE, FAILED)
+CLASSES = (UNEMBARGOED, EMBARGOED, RUNNING, FAILED, HALF_DONE, MISSING, UNREGISTERED, CORRUPT, ORPHAN)
+# Classes that fail the exit code; --repair (re)starts a workflow for those of them that
+# the embargo butler knows and that are due (never for no-butler-record or corrupt).
+NEEDS_ACTION = (MISSING, HALF_DONE, FAILED, UNREGISTERED, CORRUPT)
+REPAIRABLE = (MISSING, HALF_DONE, FAILED)
 
 # The inventory's sources, in the order timings are reported.
 SOURCES = ("s3", "butler", "destination", "rucio", "temporal")
@@ -111,6 +119,11 @@ class Inventory:
     main: dict[str, MainHolding] = field(default_factory=dict)
     # Files in the day's destination folder: relative path -> size.
     destination: dict[str, int] = field(default_factory=dict)
+    # Staging files there (ours, ``.<name>.<hex>.partial``, and the old cron tool's
+    # ``<obs_id>.zip.transfer-tmp``): relative path -> size.
+    staging: dict[str, int] = field(default_factory=dict)
+    # --verify only: what differs in a file or record that exists, by obs_id and step.
+    deep: dict[str, dict[str, str]] = field(default_factory=dict)
     rucio: RucioDay = field(default_factory=RucioDay)
     # Latest workflow run by obs_id.
     workflows: dict[str, WorkflowRun] = field(default_factory=dict)
@@ -134,7 +147,7 @@ class Verdict:
     @property
     def repairable(self) -> bool:
         """--repair (re)starts it: it needs action, is known to the embargo butler and is due."""
-        return self.klass in NEEDS_ACTION and self.exposure_id is not None and self.due
+        return self.klass in REPAIRABLE and self.exposure_id is not None and self.due
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -146,3 +159,20 @@ class Verdict:
             "due": self.due,
             "workflow": asdict(self.workflow) if self.workflow else None,
         }
+
+
+@dataclass(frozen=True)
+class StagingFile:
+    """A staging file left in the destination day folder, and whose it is."""
+
+    name: str
+    size: int
+    # The exposure it was for (None when the name says no valid obs_id).
+    obs_id: str | None
+    # "ours" (a .partial of this tool) or "cron" (the old tool's .transfer-tmp).
+    made_by: str
+    # True when its exposure's workflow is running: perhaps in use, not stale.
+    in_use: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -68,6 +68,8 @@ LONG_COMPONENT = "n" * 300 + ".txt"
 # Four 250-byte folders: the key is over 1024 bytes (more than S3 itself allows).
 LONG_KEY = "/".join(["d" * 250] * 4) + "/f.txt"
 ESCAPE = "sub/../../escape.json"
+# A second unsafe key in the same folder: both are named in the one error.
+DOT_COMPONENT = "notes/./night.json"
 
 
 @dataclass
@@ -141,6 +143,25 @@ def plant_stale_staging(lab: Lab, seeded: SeededExposure) -> None:
         final = lab.path(seeded, suffix)
         final.parent.mkdir(parents=True, exist_ok=True)
         final.with_name(f".{final.name}.deadbeef0000.partial").write_bytes(b"left by a crashed attempt")
+
+
+def plant_folder_marker(lab: Lab, seeded: SeededExposure) -> None:
+    """A zero-byte object whose key is the exposure folder itself, as S3 consoles make."""
+    lab.s3.put_object(Bucket=lab.settings.s3_bucket, Key=seeded.prefix, Body=b"")
+
+
+def plant_record_under_other_obs_id(lab: Lab, seeded: SeededExposure) -> None:
+    """The main butler holds the exposure's id with another obs_id."""
+    with (
+        Butler.from_config(lab.settings.embargo_butler) as embargo,
+        Butler.from_config(lab.settings.main_butler, writeable=True) as main,
+    ):
+        main.transfer_dimension_records_from(embargo, [_embargo_raw(embargo, seeded, 0)])
+        [record] = main.query_dimension_records(
+            "exposure", instrument=lsstcam.INSTRUMENT, exposure=seeded.exposure_id, explain=False
+        )
+        changed = {**record.toDict(), "obs_id": f"{seeded.obs_id}_other"}
+        main.registry.syncDimensionData("exposure", changed, update=True)
 
 
 def plant_foreign_replica(lab: Lab, seeded: SeededExposure) -> None:
@@ -235,8 +256,10 @@ CASES = [
          spoil=expected_sensors_without_list),
     Case("started-twice-and-listed-twice", DONE),
     Case("keys-with-spaces-and-unicode", DONE, seed={"extra_objects": ODD_KEYS}),
-    Case("dotdot-component", "UnsafeKey", "zip", (ESCAPE, "'..' path component"),
-         seed={"extra_objects": {ESCAPE: b"{}"}}),
+    Case("dotdot-component", "UnsafeKey", "zip",
+         ("2 object keys", ESCAPE, DOT_COMPONENT, "'..' path component"),
+         seed={"extra_objects": {ESCAPE: b"{}", DOT_COMPONENT: b"{}"}}),
+    Case("folder-marker-object", DONE, spoil=plant_folder_marker),
     Case("dots-inside-a-name", DONE, seed={"extra_objects": {DOTS_IN_NAME: b"ok"}}),
     Case("component-over-255-bytes", DONE, seed={"extra_objects": {LONG_COMPONENT: b"long"}}),
     Case("key-over-1024-bytes", DONE, seed={"extra_objects": {LONG_KEY: b"longer"}}),
@@ -253,6 +276,8 @@ CASES = [
     Case("main-exposure-record-differs", "DimensionRecordConflict", "ingest",
          ("observation_reason (main 'engineering', embargo 'field_survey_science')",),
          spoil=plant_other_exposure_record),
+    Case("main-exposure-id-under-other-obs-id", "DimensionRecordConflict", "ingest",
+         ("as obs_id '{obs_id}_other', not '{obs_id}'",), spoil=plant_record_under_other_obs_id),
 ]  # fmt: skip
 BY_NAME = {case.name: case for case in CASES}
 DUPLICATE = "started-twice-and-listed-twice"

@@ -15,8 +15,10 @@ import subprocess
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import boto3
 import pytest
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -97,12 +99,14 @@ def test_not_yet_due_and_untouched_is_embargoed_with_its_end_time() -> None:
     assert "not yet past its embargo period" in verdict.reason and "2026-01-01 00:00 UTC" in verdict.reason
 
 
-def test_folder_without_butler_record_is_embargoed_because_it_cannot_be_judged() -> None:
+def test_folder_without_butler_record_needs_action() -> None:
     inv = empty()
     inv.folders = frozenset({obs(1)})
     verdict = judge(inv, obs(1))
-    assert verdict.klass == "embargoed" and "not in the embargo butler" in verdict.reason
-    assert verdict.exposure_id is None
+    assert (
+        verdict.klass == "no-butler-record" and "no exposure record in the embargo butler" in verdict.reason
+    )
+    assert verdict.exposure_id is None and not verdict.repairable
 
 
 def test_running_workflow_says_step_attempt_and_last_error() -> None:
@@ -355,7 +359,7 @@ async def test_a_day_in_every_class_is_classified_exactly_then_repaired(
     done = [await start(client, settings, seeded[seq], queues) for seq in (*DONE, *UNDONE)]
     failed = await start(client, settings, seeded[FAILED], queues)
     nowhere = names.location_queue(f"nobody-{settings.rucio_rse.lower()}")
-    killed = await start(client, settings, seeded[KILLED], replace(queues, register=nowhere, tag=nowhere))
+    killed = await start(client, settings, seeded[KILLED], {**queues, "register": nowhere, "tag": nowhere})
     waiting = Policy(heartbeat_s=10, incomplete_wait_s=600, incomplete_poll_s=2)
     running = await start(client, settings, seeded[RUNNING], queues, waiting)
     for handle in done:
@@ -390,7 +394,7 @@ async def test_a_day_in_every_class_is_classified_exactly_then_repaired(
     eligible = [*DONE, *UNDONE, KILLED, FAILED, RUNNING, MISSING]
     assert after["counts"] == {
         "unembargoed": len(eligible), "embargoed": 1, "running": 0, "failed": 0,
-        "half-done": 0, "missing": 0, "orphan": 2,
+        "half-done": 0, "missing": 0, "no-butler-record": 0, "corrupt": 0, "orphan": 2,
     }, after  # fmt: skip
     started = {e["obs_id"]: e["final"] for e in after["repair"]["started"]}
     assert started == {e2e_obs(seq): "completed" for seq in (*UNDONE, KILLED, FAILED, MISSING)}
@@ -403,6 +407,51 @@ async def test_a_day_in_every_class_is_classified_exactly_then_repaired(
     table = cli(own, "reconcile", "--day", str(E2E_DAY))
     assert table.returncode == 0, table.stdout + table.stderr
     assert "unembargoed" in table.stdout and "orphan" in table.stdout and "nothing to do" in table.stdout
+    _verify_finds_what_names_do_not(own, seeded, day_dir)
+
+
+def _verify_finds_what_names_do_not(
+    settings: Settings, seeded: dict[int, SeededExposure], day_dir: Path
+) -> None:
+    """--verify: real zips pass; a bucket object changed after unembargo, a zip of another
+    exposure under an exposure's name, and staging files left behind are each reported."""
+    deep = json.loads(cli(settings, "reconcile", "--day", str(E2E_DAY), "--verify", "--json").stdout)
+    assert deep["ok"] and deep["verified"] and deep["counts"]["unembargoed"] == 10, deep["counts"]
+
+    changed = seeded[DONE[0]]
+    sidecar = next(name for name in changed.names if name.endswith(".json") and "expectedSensors" not in name)
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    s3.put_object(
+        Bucket=settings.s3_bucket, Key=changed.prefix + sidecar, Body=b'{"changed": "after unembargo"}'
+    )
+    # Exposure 3's zip replaced by exposure 4's (kept aside and put back after).
+    own_zip, other_zip = day_dir / f"{e2e_obs(3)}.zip", day_dir / f"{e2e_obs(4)}.zip"
+    kept = own_zip.with_name("kept-aside.zip")
+    own_zip.rename(kept)
+    own_zip.write_bytes(other_zip.read_bytes())
+    (day_dir / f"{e2e_obs(5)}.zip.transfer-tmp").write_bytes(b"old cron tool")
+
+    shallow = cli(settings, "reconcile", "--day", str(E2E_DAY), "--json")
+    # By names, all is done: but a staging file is left.
+    assert json.loads(shallow.stdout)["counts"]["corrupt"] == 0 and shallow.returncode == 1
+    run = cli(settings, "reconcile", "--day", str(E2E_DAY), "--verify", "--json")
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    found = {e["obs_id"]: e for e in json.loads(run.stdout)["exposures"]}
+    assert found[changed.obs_id]["class"] == "corrupt", found[changed.obs_id]
+    assert f"does not match s3://{settings.s3_bucket}/" in found[changed.obs_id]["reason"]
+    assert f"{sidecar} is " in found[changed.obs_id]["reason"], found[changed.obs_id]["reason"]
+    assert found[e2e_obs(3)]["class"] == "corrupt"
+    assert (
+        f"belongs to another exposure (its butler index lists LSSTCam exposure {seeded[4].exposure_id})"
+        in (found[e2e_obs(3)]["reason"])
+    )
+    [staged] = json.loads(run.stdout)["staging"]
+    assert (staged["obs_id"], staged["made_by"], staged["in_use"]) == (e2e_obs(5), "cron", False)
+    table = cli(settings, "reconcile", "--day", str(E2E_DAY), "--verify")
+    assert "corrupt" in table.stdout, table.stdout
+    assert "staging files in" in table.stdout, table.stdout
+    own_zip.unlink()
+    kept.rename(own_zip)
 
 
 async def _waiting(handle: WorkflowHandle[object, object]) -> bool:

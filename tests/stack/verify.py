@@ -36,7 +36,9 @@ def check_zip(settings: Settings, day_obs: int, obs_id: str) -> Path:
     listing = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            listing[obj["Key"][len(prefix) :]] = (obj["Size"], obj["ETag"].strip('"'))
+            # A zero-byte "folder marker" (key = the prefix itself) is no member.
+            if obj["Key"] != prefix or obj["Size"]:
+                listing[obj["Key"][len(prefix) :]] = (obj["Size"], obj["ETag"].strip('"'))
     with zipfile.ZipFile(zip_path) as zf:
         members = {info.filename: info for info in zf.infolist()}
         assert set(members) - INDEXES == set(listing), "zip members differ from the bucket listing"
