@@ -2,8 +2,8 @@
 
 What obs_lsst's camera geometry gives defineVisits, reduced to what a one-to-one visit
 records: a convex region per detector and one for the whole focal plane. The layout is
-the LSSTCam one the local stack's registries describe (temporal-dev/lsstcam.py); a
-test checks that both give the same regions.
+the LSSTCam one the local stack's registries describe (temporal-dev/lsstcam.py, which
+draws its seeded regions with these functions).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from lsst.sphgeom import ConvexPolygon, LonLat, UnitVector3d
 
@@ -30,6 +31,19 @@ _CORNER_LAYOUT = {
 }
 
 
+class Placement(Protocol):
+    """Where a detector sits: its raft (``R22``), its slot in the raft (``S11``), its purpose."""
+
+    @property
+    def raft(self) -> str: ...
+
+    @property
+    def name_in_raft(self) -> str: ...
+
+    @property
+    def purpose(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Placed:
     """A detector as its registry record places it: raft, slot, purpose."""
@@ -40,7 +54,7 @@ class Placed:
     purpose: str
 
 
-def corners(det: Placed) -> list[tuple[float, float]]:
+def corners(det: Placement) -> list[tuple[float, float]]:
     """Corners of a detector in focal-plane degrees (x, y), boresight at the origin."""
     row, col = int(det.raft[1]), int(det.raft[2])
     raft_x, raft_y = (col - 2) * _RAFT_PITCH, (row - 2) * _RAFT_PITCH
@@ -77,10 +91,12 @@ def sky_polygon(
     return ConvexPolygon.convexHull([_deproject(x, y, ra, dec, rotation) for x, y in points])
 
 
-def detector_region(det: Placed, ra: float, dec: float, rotation: float) -> ConvexPolygon:
+def detector_region(det: Placement, ra: float, dec: float, rotation: float) -> ConvexPolygon:
     return sky_polygon(corners(det), ra, dec, rotation)
 
 
-def focal_plane_region(detectors: Sequence[Placed], ra: float, dec: float, rotation: float) -> ConvexPolygon:
+def focal_plane_region(
+    detectors: Sequence[Placement], ra: float, dec: float, rotation: float
+) -> ConvexPolygon:
     """Hull of every detector of the camera (all of them, not only those read)."""
     return sky_polygon([c for det in detectors for c in corners(det)], ra, dec, rotation)

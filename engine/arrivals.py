@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -24,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from unembargo.models import arrival
 from unembargo.models.arrival import ArrivalInput, ArrivalPolicy, ListenSettings, ObjectEvent, SweepResult
 from unembargo.models.exposure import STEPS
-from unembargo.models.names import SA_DAY_OBS, SA_INSTRUMENT, SA_OBS_ID, SA_STEP
+from unembargo.models.names import exposure_search_attributes
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect, step_queues
 
@@ -71,13 +69,8 @@ async def signal_arrival(
             # A run that failed (reported incomplete) is followed by a new one when more
             # files come; a completed one is never started again.
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(SA_INSTRUMENT, ev.instrument),
-                    SearchAttributePair(SA_DAY_OBS, ev.day_obs),
-                    SearchAttributePair(SA_OBS_ID, ev.obs_id),
-                    SearchAttributePair(SA_STEP, arrival.ARRIVING),
-                ]
+            search_attributes=exposure_search_attributes(
+                ev.instrument, ev.day_obs, ev.obs_id, arrival.ARRIVING
             ),
         )
     except WorkflowAlreadyStartedError:

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
@@ -26,7 +24,6 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from unembargo.models import names
 from unembargo.models.exposure import Exposure, ExposureInput, Policy, StepQueues, check_input
-from unembargo.models.names import SA_DAY_OBS, SA_INSTRUMENT, SA_OBS_ID, SA_STEP
 from unembargo.models.settings import Settings
 
 # Starts in flight at once: enough to hide round trips, few enough for a dev server.
@@ -59,13 +56,8 @@ async def _start_one(
             task_queue=task_queue,
             id_reuse_policy=reuse,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(SA_INSTRUMENT, exposure.instrument),
-                    SearchAttributePair(SA_DAY_OBS, exposure.day_obs),
-                    SearchAttributePair(SA_OBS_ID, exposure.obs_id),
-                    SearchAttributePair(SA_STEP, names.STEP_QUEUED),
-                ]
+            search_attributes=names.exposure_search_attributes(
+                exposure.instrument, exposure.day_obs, exposure.obs_id, names.STEP_QUEUED
             ),
         )
     except WorkflowAlreadyStartedError:

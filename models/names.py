@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from datetime import date
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 from unembargo.models.errors import UnsafeKey
 
@@ -243,3 +243,17 @@ def exposure_attributes(
     if step is not None:
         found[SA_STEP.name] = step
     return found
+
+
+def exposure_search_attributes(
+    instrument: str, day_obs: int, obs_id: str, step: str
+) -> TypedSearchAttributes:
+    """The search attributes a workflow of an exposure starts with (any flow's)."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(SA_INSTRUMENT, instrument),
+            SearchAttributePair(SA_DAY_OBS, day_obs),
+            SearchAttributePair(SA_OBS_ID, obs_id),
+            SearchAttributePair(SA_STEP, step),
+        ]
+    )

@@ -12,13 +12,15 @@ focal-plane layout good enough to give visits and detectors plausible sky region
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-from lsst.sphgeom import ConvexPolygon, LonLat, UnitVector3d
+from lsst.sphgeom import ConvexPolygon
+
+from unembargo.adapters.camera import corners as detector_corners
+from unembargo.adapters.camera import sky_polygon
 
 INSTRUMENT = "LSSTCam"
 # Recorded in the instrument record; never imported by daf_butler alone.
@@ -50,21 +52,6 @@ SKY_FILTERS = ("u_24", "g_6", "r_57", "i_39", "z_20", "y_10")
 
 CORNER_RAFTS = ("R00", "R04", "R40", "R44")
 _CORNER_SENSORS = (("SG0", GUIDER), ("SG1", GUIDER), ("SW0", WAVEFRONT), ("SW1", WAVEFRONT))
-
-# Focal plane scale: 10 um pixels at 0.2 arcsec, i.e. 20 arcsec per mm.
-_DEG_PER_MM = 20.0 / 3600.0
-_RAFT_PITCH = 127.0 * _DEG_PER_MM
-_CCD_PITCH = 42.25 * _DEG_PER_MM
-_CCD_HALF = 20.0 * _DEG_PER_MM
-
-# Corner-raft sensors (centre x, centre y, half-height) in CCD pitches from the
-# raft centre: two guiders in an L, the wavefront pair as two half-height CCDs.
-_CORNER_LAYOUT = {
-    "SG0": (-0.5, 0.5, 1.0),
-    "SG1": (0.5, -0.5, 1.0),
-    "SW0": (0.5, 0.25, 0.5),
-    "SW1": (0.5, 0.75, 0.5),
-}
 
 
 @dataclass(frozen=True)
@@ -115,49 +102,6 @@ def day_obs_of(when: datetime) -> int:
 def day_obs_start(day_obs: int) -> datetime:
     """The instant a day_obs begins (12:00 UTC of that date)."""
     return datetime.strptime(str(day_obs), "%Y%m%d").replace(hour=12, tzinfo=UTC)
-
-
-def detector_corners(det: Detector) -> list[tuple[float, float]]:
-    """Corners of a detector in focal-plane degrees (x, y), boresight at origin."""
-    row, col = int(det.raft[1]), int(det.raft[2])
-    raft_x, raft_y = (col - 2) * _RAFT_PITCH, (row - 2) * _RAFT_PITCH
-    if det.purpose == SCIENCE:
-        sy, sx = int(det.name_in_raft[1]), int(det.name_in_raft[2])
-        cx, cy, half_y = (sx - 1) * _CCD_PITCH, (sy - 1) * _CCD_PITCH, _CCD_HALF
-    else:
-        px, py, frac = _CORNER_LAYOUT[det.name_in_raft]
-        cx, cy, half_y = px * _CCD_PITCH, py * _CCD_PITCH, _CCD_HALF * frac
-    x0, y0 = raft_x + cx, raft_y + cy
-    return [
-        (x0 - _CCD_HALF, y0 - half_y),
-        (x0 + _CCD_HALF, y0 - half_y),
-        (x0 + _CCD_HALF, y0 + half_y),
-        (x0 - _CCD_HALF, y0 + half_y),
-    ]
-
-
-def _deproject(x: float, y: float, ra: float, dec: float, rotation: float) -> UnitVector3d:
-    """Sky direction of focal-plane offset (x, y) degrees: rotate, then gnomonic inverse."""
-    rot = math.radians(rotation)
-    xi = math.radians(x * math.cos(rot) - y * math.sin(rot))
-    eta = math.radians(x * math.sin(rot) + y * math.cos(rot))
-    ra0, dec0 = math.radians(ra), math.radians(dec)
-    denom = math.cos(dec0) - eta * math.sin(dec0)
-    ra_p = ra0 + math.atan2(xi, denom)
-    dec_p = math.atan2(math.sin(dec0) + eta * math.cos(dec0), math.hypot(xi, denom))
-    return UnitVector3d(LonLat.fromRadians(ra_p, dec_p))
-
-
-def sky_polygon(
-    points: Iterable[tuple[float, float]], ra: float, dec: float, rotation: float
-) -> ConvexPolygon:
-    """Convex hull on the sky of focal-plane points for a pointing and sky angle."""
-    return ConvexPolygon.convexHull([_deproject(x, y, ra, dec, rotation) for x, y in points])
-
-
-def detector_region(det: Detector, ra: float, dec: float, rotation: float) -> ConvexPolygon:
-    """Sky region of one detector for a pointing."""
-    return sky_polygon(detector_corners(det), ra, dec, rotation)
 
 
 @lru_cache(maxsize=1)

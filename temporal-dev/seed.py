@@ -42,6 +42,7 @@ from lsst.daf.butler import (
 from lsst.resources import ResourcePath
 from lsst.sphgeom import ConvexPolygon
 
+from unembargo.adapters import camera
 from unembargo.devstack import lsstcam, skymap
 from unembargo.devstack.butler_repos import (
     GUIDER_RAW,
@@ -409,7 +410,7 @@ def _visit_records(
             {
                 **visit,
                 "detector": d.id,
-                "region": lsstcam.detector_region(d, plan.ra, plan.dec, plan.sky_angle),
+                "region": camera.detector_region(d, plan.ra, plan.dec, plan.sky_angle),
             }
             for d in detectors
         ],

@@ -1,12 +1,11 @@
 """Dimension records from FITS headers (adapters/arrival_ingest.py) equal what the seeder
-writes (temporal-dev/seed.py, the reference), for science and calibration exposures; and
-the visit geometry (adapters/camera.py) equals the local stack's."""
+writes (temporal-dev/seed.py, the reference), for science and calibration exposures."""
 
 from __future__ import annotations
 
 import pytest
 
-from unembargo.adapters import arrival_ingest, camera
+from unembargo.adapters import arrival_ingest
 from unembargo.devstack import lsstcam
 from unembargo.devstack.seed import _exposure_cards, exposure_records, plan_exposure, raw_file
 
@@ -31,11 +30,3 @@ def test_records_from_headers_equal_the_seeders(seq, kind):
                 )
             else:
                 assert g[field] == value, (element, field)
-
-
-def test_visit_regions_equal_the_local_stacks_geometry():
-    placed = [camera.Placed(d.id, d.raft, d.name_in_raft, d.purpose) for d in lsstcam.DETECTORS]
-    ra, dec, angle = 53.1, -28.2, 117.5
-    for det, p in zip(lsstcam.DETECTORS[::17], placed[::17], strict=True):
-        assert camera.detector_region(p, ra, dec, angle) == lsstcam.detector_region(det, ra, dec, angle)
-    assert camera.focal_plane_region(placed, ra, dec, angle) == lsstcam.focal_plane_region(ra, dec, angle)
