@@ -55,6 +55,11 @@ class Resources:
     def _butler(self, attr: str, repo: str, writeable: bool) -> Butler:
         from lsst.daf.butler import Butler
 
+        from unembargo.adapters.s3 import use_endpoint_for_resources
+
+        # A datastore in S3 (the embargo butler's raws) is read through lsst-resources.
+        use_endpoint_for_resources(self.settings.s3_endpoint_url)
+
         butler = getattr(self._local, attr, None)
         if butler is None:
             with self._lock:

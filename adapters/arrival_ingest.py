@@ -19,7 +19,8 @@ from typing import Any
 
 from astro_metadata_translator import merge_headers
 from astropy.time import Time
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as EndpointUnreachable
 from lsst.daf.butler import (
     Butler,
     DataCoordinate,
@@ -248,6 +249,8 @@ def ingest_batch(
                 try:
                     _ingest(butler, [p], inp.raw_formatter)
                 except Exception as err:  # noqa: BLE001 - recorded by name
+                    if _outage(err):
+                        raise  # the storage or registry is down, not this file: retried
                     p.outcome = FileOutcome(p.name, FAILED, p.detector, _reason(err))
     checkpoint("acted")
     return IngestBatchReceipt([p.outcome or FileOutcome(p.name, FAILED) for p in prepared], facts)
@@ -331,6 +334,12 @@ def _prepare(
     p.records, p.detector = records, detector
     p.dataset = FileDataset(path=ResourcePath(f"s3://{bucket}/{key}"), refs=[ref])
     return p
+
+
+def _outage(err: BaseException) -> bool:
+    """Whether ``err`` says a service did not answer (every file would fail alike), so the
+    batch is retried with backoff instead of its files being recorded as failed."""
+    return isinstance(err, (EndpointUnreachable, HTTPClientError, ConnectionError, TimeoutError))
 
 
 def _reason(err: BaseException) -> str:

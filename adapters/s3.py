@@ -55,6 +55,14 @@ def connect(endpoint_url: str | None) -> S3Client:
     )
 
 
+def use_endpoint_for_resources(endpoint_url: str | None) -> None:
+    """Point lsst-resources (butler datastores in S3) at ``endpoint_url`` unless the environment
+    names one already: it reads only ``S3_ENDPOINT_URL``, and caches its client per endpoint,
+    so this runs before the first butler is built."""
+    if endpoint_url:
+        os.environ.setdefault("S3_ENDPOINT_URL", endpoint_url)
+
+
 def use_loopback_credentials(endpoint_url: str | None) -> None:
     """Give boto3 the loopback keys when the endpoint is on 127.0.0.1, unless keys are set."""
     if endpoint_url and "127.0.0.1" in endpoint_url:
