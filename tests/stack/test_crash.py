@@ -48,14 +48,19 @@ class Armed:
 
 
 def _locations(settings: Settings, label: str) -> dict[str, str]:
-    """A destination and a Rucio location of their own; location kind -> name."""
+    """A destination and a Rucio location of their own; location kind -> name.
+
+    Inactive: the run is started with their queues explicitly, and no later test of the
+    session may have its steps routed to them once their workers are gone."""
     tag = uuid.uuid4().hex[:8]
     found = {}
     with Session(connect(settings.database_url.get_secret_value())) as session:
         for kind in location_kinds(STEPS):
             name = f"crash-{label}-{kind}-{tag}"
             storage = str(settings.dest_root) if kind == DESTINATION else settings.rucio_host
-            upsert_location(session, Location(name=name, site="crash", kind=kind, storage=storage))
+            upsert_location(
+                session, Location(name=name, site="crash", kind=kind, storage=storage, active=False)
+            )
             found[kind] = name
     return found
 

@@ -234,7 +234,9 @@ def test_zip_stays_done_when_the_embargo_copy_is_gone(
     other = Exposure(INSTRUMENT, DAY_OBS, lsstcam.obs_id(DAY_OBS, 41), lsstcam.exposure_id(DAY_OBS, 41))
     shutil.copyfile(zipped.final, _final(purged, other))
     with pytest.raises(
-        DestinationConflict, match=f"index lists datasets of LSSTCam exposure {zipped.exposure.exposure_id}"
+        DestinationConflict,
+        match=f"belongs to another exposure: its _butler_zip_index.json lists LSSTCam exposure "
+        f"{zipped.exposure.exposure_id}",
     ):
         _run(resources, other)
 
