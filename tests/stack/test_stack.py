@@ -90,7 +90,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(
     (tmp_path / "state" / "rucio").mkdir(parents=True)
     # Share the session stack's Rucio venv: the pip install is not what this test is about.
     (tmp_path / "state" / "rucio" / "venv").symlink_to(rucio_venv)
-    ports = dict(zip(("temporal", "ui", "s3", "rucio"), procs.free_ports(4), strict=True))
+    ports = dict(zip(("temporal", "ui", "s3", "rucio", "listen"), procs.free_ports(5), strict=True))
     own = Settings(
         state_dir=tmp_path / "state",
         temporal_address=f"127.0.0.1:{ports['temporal']}",
@@ -102,12 +102,13 @@ def test_up_is_idempotent_and_down_leaves_nothing(
         database_url=f"sqlite:///{tmp_path / 'state' / 'db.sqlite'}",
         workflow_task_queue=f"wf-{uuid.uuid4().hex[:8]}",
     )
-    env = own.environment()
+    env = {**own.environment(), "UNEMBARGO_LISTEN_PORT": str(ports["listen"])}
     # Whatever fails below, this stack must not outlive the test (a no-op after `dev down`).
     request.addfinalizer(partial(stack.down, own))
     first = _cli(env, "up")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert first.stdout.count("started") == 4, first.stdout  # s3, temporal, rucio, worker
+    services = ("s3", "temporal", "rucio", "worker", "listen")  # PostgreSQL is reused
+    assert first.stdout.count("started") == len(services), first.stdout
 
     second = _cli(env, "up")
     assert second.returncode == 0, second.stdout + second.stderr
@@ -117,7 +118,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(
     status = _cli(env, "status")
     assert status.returncode == 0, status.stdout
 
-    pids = [procs.recorded(own.state_dir, n) for n in ("s3", "temporal", "rucio", "worker")]
+    pids = [procs.recorded(own.state_dir, n) for n in services]
     assert all(pids), pids
     down = _cli(env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
@@ -126,7 +127,8 @@ def test_up_is_idempotent_and_down_leaves_nothing(
         # `down` did not start them, so it cannot reap them: each stays a zombie until init
         # does (about a second here). Gone within seconds, or it was not stopped.
         assert procs.poll(partial(_gone, rec.pid), 10, raise_on_timeout=False), rec
-    for url in (own.temporal_address, own.temporal_ui_url, own.s3_endpoint_url, own.rucio_host):
+    listen_url = f"http://127.0.0.1:{ports['listen']}"
+    for url in (own.temporal_address, own.temporal_ui_url, own.s3_endpoint_url, own.rucio_host, listen_url):
         assert url is not None
         assert not procs.port_open(*host_port(url)), f"{url} still listening"
     # PostgreSQL was reused, not started by this stack: down must leave it running.
