@@ -52,6 +52,15 @@ class DimensionRecordConflict(BadInput):
     """The main butler's dimension record differs from the embargo butler's."""
 
 
+class ChecksumMismatch(Exception):
+    """A copy's bytes do not match the checksum they were sent with: transient in transit
+    (sent again), never archived."""
+
+
+class DeletionRefused(BadInput):
+    """A deletion would leave fewer verified archive copies than the rule asks for."""
+
+
 # Names for retry policies: Temporal matches on the exception's class name.
 NON_RETRYABLE = [
     cls.__name__
@@ -65,5 +74,6 @@ NON_RETRYABLE = [
         ReplicaConflict,
         DatasetConflict,
         DimensionRecordConflict,
+        DeletionRefused,
     )
 ] + ["InvalidName"]
