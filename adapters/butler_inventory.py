@@ -50,15 +50,58 @@ def day_exposures(
         )
     }
     tracts = day_tracts(embargo, instrument, day_obs)
+    periods = rule_periods(embargo, instrument, day_obs, rules, [int(r.id) for r in records])
     return {
         str(r.obs_id): EmbargoExposure(
             exposure_id=int(r.id),
             due=int(r.id) in due,
             end=_end(r),
             tracts=tuple(sorted(tracts.get(int(r.id), ()))),
+            embargo_end=_plus(_end(r), periods.get(int(r.id))),
         )
         for r in records
     }
+
+
+def rule_periods(
+    butler: Butler, instrument: str, day_obs: int, rules: Sequence[EmbargoRule], ids: Sequence[int]
+) -> dict[int, timedelta]:
+    """Exposure id -> embargo period of the first rule it matches (the arrival's
+    ``embargo_end``, asked once per rule for the whole day instead of once per exposure)."""
+    periods: dict[int, timedelta] = {}
+    for rule in rules:
+        left = [i for i in ids if i not in periods]
+        if not left:
+            break
+        if not rule.where.strip():
+            periods.update((i, rule.period) for i in left)
+            break
+        found = butler.query_dimension_records(
+            "exposure",
+            instrument=instrument,
+            where=f"exposure.day_obs = {_DAY} AND ({rule.where})",
+            bind={_DAY: day_obs},
+            explain=False,
+            limit=None,
+        )
+        periods.update((int(r.id), rule.period) for r in found if int(r.id) not in periods)
+    return periods
+
+
+def day_embargo_ends(
+    embargo: Butler, instrument: str, day_obs: int, rules: Sequence[EmbargoRule]
+) -> dict[str, datetime | None]:
+    """obs_id -> when each exposure of the day leaves embargo (``unembargo status --day``)."""
+    records = embargo.query_dimension_records(
+        "exposure", instrument=instrument, where=f"exposure.day_obs = {_DAY}", bind={_DAY: day_obs},
+        explain=False, limit=None,
+    )  # fmt: skip
+    periods = rule_periods(embargo, instrument, day_obs, rules, [int(r.id) for r in records])
+    return {str(r.obs_id): _plus(_end(r), periods.get(int(r.id))) for r in records}
+
+
+def _plus(end: datetime | None, period: timedelta | None) -> datetime | None:
+    return None if end is None or period is None else end + period
 
 
 def _lookback(day_obs: int, now: datetime) -> timedelta:

@@ -79,7 +79,7 @@ def expected_counts(n: int) -> dict[str, int]:
     counts = dict.fromkeys(("unembargoed", "embargoed", "running", "failed", "half-done", "missing"), 0)
     for seq in range(1, n + 1):
         counts[fate(seq, n)] += 1
-    return {**counts, "no-butler-record": 0, "corrupt": 0, "orphan": ORPHANS}
+    return {**counts, "arriving": 0, "incomplete": 0, "no-butler-record": 0, "corrupt": 0, "orphan": ORPHANS}
 
 
 def rules(n: int) -> list[EmbargoRule]:

@@ -24,7 +24,7 @@ from unembargo.client.reconcile import (
 from unembargo.engine.connection import connect
 from unembargo.models.exposure import STEPS
 from unembargo.models.names import InvalidName, check_day_obs, check_name
-from unembargo.models.reconcile import CLASSES, NEEDS_ACTION, SOURCES, Verdict
+from unembargo.models.reconcile import CLASSES, NEEDS_ACTION, NOT_ARRIVED, SOURCES, Verdict
 from unembargo.models.settings import Settings
 
 console = Console()
@@ -32,10 +32,12 @@ console = Console()
 _STYLE = {
     "unembargoed": "green",
     "embargoed": "blue",
+    "arriving": "yellow",
     "running": "yellow",
     "failed": "red",
     "half-done": "red",
     "missing": "red",
+    "incomplete": "red",
     "no-butler-record": "red",
     "corrupt": "red",
     "orphan": "magenta",
@@ -67,12 +69,13 @@ def reconcile(
         ),
     ] = False,
 ) -> None:
-    """Classify every exposure of a day: unembargoed, embargoed, running, failed,
-    half-done, missing, no-butler-record, corrupt (--verify) or orphan, each with its
-    reason; and list staging files left in the day folder.
+    """Classify every exposure of a day: unembargoed, embargoed, arriving, running, failed,
+    half-done, missing, incomplete, no-butler-record, corrupt (--verify) or orphan, each
+    with its reason (and its arrival workflow's state); and list staging files left in
+    the day folder.
 
-    Exit code 0 only when no exposure is missing, half-done, failed, no-butler-record or
-    corrupt and no stale staging file is left (with --repair: afterwards).
+    Exit code 0 only when no exposure is missing, half-done, failed, incomplete,
+    no-butler-record or corrupt and no stale staging file is left (with --repair: afterwards).
     """
     settings: Settings = ctx.obj
     # A loopback endpoint (the local stack) takes dummy keys; real ones use the environment's.
@@ -114,18 +117,26 @@ async def _interactive(settings: Settings, request: ReconcileRequest, do_repair:
 
 
 def verdict_table(rec: Reconciliation) -> Table:
-    """One row per exposure, grouped by class (those needing action last), with the reason."""
+    """One row per exposure, grouped by class (those needing action last), with the reason.
+
+    An ``arrival`` column (its arrival workflow's state) when any exposure of the day has
+    an arrival workflow; a day ingested another way has none, and no such column.
+    """
+    arrivals = any(v.arrival is not None for v in rec.verdicts)
     table = Table(title=f"{rec.instrument} {rec.day_obs}")
     table.add_column("class", no_wrap=True)
     table.add_column("exposure", no_wrap=True)
     table.add_column(STEPS_HEADER, no_wrap=True)
+    if arrivals:
+        table.add_column("arrival", no_wrap=True)
     table.add_column("reason")
     for klass in CLASSES:
         rows = rec.of(klass)
         style = _STYLE[klass]
         for i, verdict in enumerate(rows):
             label = f"[{style}]{klass}[/{style}]" if i == 0 else ""
-            table.add_row(label, verdict.obs_id, _steps(verdict), verdict.reason)
+            arrival = [verdict.arrival.state if verdict.arrival else NOT_ARRIVED] if arrivals else []
+            table.add_row(label, verdict.obs_id, _steps(verdict), *arrival, verdict.reason)
         if rows:
             table.add_section()
     return table

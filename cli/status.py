@@ -14,15 +14,18 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from unembargo.adapters.s3 import use_loopback_credentials
 from unembargo.client.status import ExposureStatus, NoWorkflow, PendingStep
 from unembargo.engine.codec import PayloadKeyError
 from unembargo.models import names
-from unembargo.models.reconcile import WorkflowRun
+from unembargo.models.reconcile import ARRIVAL_STARTED, NOT_ARRIVED, ArrivalRun, WorkflowRun
 from unembargo.models.settings import Settings
 
 console = Console()
 T = TypeVar("T")
 _STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
+# An exposure whose unembargo workflow does not exist yet (its arrival does).
+NOT_STARTED = "not-started"
 Instrument = Annotated[str, typer.Option(help="Instrument name.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -36,7 +39,9 @@ def status(
 ) -> None:
     """Step timeline of an exposure (OBS_ID), or one line per exposure of a day (--day).
 
-    For a running exposure: its current activity, attempt and last failure.
+    For a running exposure: its current activity, attempt and last failure. Each also shows
+    its arrival workflow's state: arriving, embargoed (until when), incomplete (how many
+    sensors are missing), started, or not-yet-arrived.
     """
     settings: Settings = ctx.obj
     if obs_id is not None and day is None:
@@ -46,7 +51,9 @@ def status(
             day_obs = names.check_day_obs(day)
         except names.InvalidName as err:
             raise typer.BadParameter(str(err), param_hint="--day") from err
-        _print_day(_ask(_day(settings, instrument, day_obs)), as_json)
+        # Embargoed arrivals' ends come from the embargo butler; on the local stack its keys are dummies.
+        use_loopback_credentials(settings.s3_endpoint_url)
+        _print_day(*_ask(_day(settings, instrument, day_obs)), day_obs, as_json)
     else:
         raise typer.BadParameter("give an OBS_ID or --day, not both")
 
@@ -74,25 +81,48 @@ def _checked_exposure(instrument: str, obs_id: str) -> None:
 
 def _show_exposure(settings: Settings, instrument: str, obs_id: str, as_json: bool) -> None:
     _checked_exposure(instrument, obs_id)
-    found = _ask(_one(settings, instrument, obs_id))
+    found, arrival = _ask(_one(settings, instrument, obs_id))
     if as_json:
-        print(_json(found.as_dict()))
-    else:
+        out = found.as_dict() if found else {"workflow_id": names.workflow_id(instrument, obs_id),
+                                             "status": NOT_STARTED, "step": "-"}  # fmt: skip
+        print(_json({**out, "arrival": asdict(arrival)}))
+        return
+    if found is not None:
         _print_one(settings, found)
+    else:
+        console.print(f"[bold]{names.workflow_id(instrument, obs_id)}[/bold]  not started yet")
+    console.print(f"  arrival ({arrival.workflow_id}): {arrival.state}: {arrival.describe()}", soft_wrap=True)
 
 
-async def _one(settings: Settings, instrument: str, obs_id: str) -> ExposureStatus:
-    from unembargo.client.status import exposure_status
+async def _one(settings: Settings, instrument: str, obs_id: str) -> tuple[ExposureStatus | None, ArrivalRun]:
+    """The exposure's unembargo workflow (None if not started yet, while it arrives) and its
+    arrival; NoWorkflow when neither exists."""
+    from unembargo.client.status import arrival_status, exposure_status
     from unembargo.engine.connection import connect
 
-    return await exposure_status(await connect(settings), instrument, obs_id)
+    client = await connect(settings)
+    arrival = await arrival_status(client, instrument, obs_id)
+    try:
+        return await exposure_status(client, instrument, obs_id), arrival
+    except NoWorkflow:
+        if arrival.state == NOT_ARRIVED:
+            raise
+        return None, arrival
 
 
-async def _day(settings: Settings, instrument: str, day_obs: int) -> dict[str, WorkflowRun]:
+async def _day(
+    settings: Settings, instrument: str, day_obs: int
+) -> tuple[dict[str, WorkflowRun], dict[str, ArrivalRun]]:
+    """The day's unembargo runs and its arrivals (one visibility query each)."""
     from unembargo.client.progress import day_runs
+    from unembargo.client.status import day_arrivals_with_ends
     from unembargo.engine.connection import connect
 
-    return await day_runs(await connect(settings), instrument, day_obs)
+    client = await connect(settings)
+    runs, arrivals = await asyncio.gather(
+        day_runs(client, instrument, day_obs), day_arrivals_with_ends(client, settings, instrument, day_obs)
+    )
+    return runs, arrivals
 
 
 def _when(at: datetime | None) -> str:
@@ -154,22 +184,42 @@ def _brief(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _print_day(runs: dict[str, WorkflowRun], as_json: bool) -> None:
+def _print_day(
+    runs: dict[str, WorkflowRun], arrivals: dict[str, ArrivalRun], day_obs: int, as_json: bool
+) -> None:
+    """One row per exposure with an unembargo or an arrival workflow; an arrival column
+    when the day has any arrival workflow."""
+    obs_ids = sorted(set(runs) | set(arrivals))
     if as_json:
-        print(_json({obs: asdict(run) for obs, run in sorted(runs.items())}))
+        print(_json({obs: _day_entry(runs.get(obs), arrivals.get(obs)) for obs in obs_ids}))
         return
-    table = Table(
+    columns = [
         Column("obs_id", no_wrap=True),
         Column("status", no_wrap=True),
         Column("step (try)", no_wrap=True),
-        Column("problem", overflow="fold"),
-    )
-    for obs_id, run in sorted(runs.items()):
-        step = f"{run.step} ({run.attempt})" if run.attempt else run.step
-        problem = _brief(run.error or run.last_failure or "")
-        table.add_row(obs_id, _styled(run.status), step, problem)
-    table.caption = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.status for r in runs.values()).items()))
+    ]
+    if arrivals:
+        columns.append(Column("arrival", no_wrap=True))
+    table = Table(*columns, Column("problem", overflow="fold"))
+    for obs_id in obs_ids:
+        run, arrival = runs.get(obs_id), arrivals.get(obs_id)
+        status = _styled(run.status) if run else NOT_STARTED
+        step = "-" if run is None else f"{run.step} ({run.attempt})" if run.attempt else run.step
+        problem = (run.error or run.last_failure or "") if run else ""
+        if not problem and arrival is not None and arrival.state != ARRIVAL_STARTED:
+            # Arriving, embargoed until when, incomplete by how many sensors.
+            problem = arrival.describe(day_obs)
+        shown = [arrival.state if arrival else NOT_ARRIVED] if arrivals else []
+        table.add_row(obs_id, status, step, *shown, _brief(problem))
+    counts = Counter(r.status for r in runs.values())
+    counts.update(f"arrival {a.state}" for a in arrivals.values() if a.state != ARRIVAL_STARTED)
+    table.caption = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     console.print(table)
+
+
+def _day_entry(run: WorkflowRun | None, arrival: ArrivalRun | None) -> dict[str, Any]:
+    out = asdict(run) if run else {"workflow_id": None, "status": NOT_STARTED, "step": "-"}
+    return {**out, "arrival": asdict(arrival) if arrival else None}
 
 
 def retry(

@@ -25,17 +25,23 @@ from sqlmodel import Session
 from temporalio.client import Client
 
 from unembargo.client.progress import Progress, day_runs, watch
+from unembargo.client.status import day_arrivals, with_embargo_ends
 from unembargo.engine.connection import connect
 from unembargo.engine.errors import SourceUnavailable
 from unembargo.engine.starter import StartOutcome, settings_policy, start_exposures
 from unembargo.models import names
 from unembargo.models.exposure import STEPS, Exposure, Step
 from unembargo.models.reconcile import (
+    ARRIVAL_ARRIVING,
+    ARRIVAL_EMBARGOED,
+    ARRIVAL_INCOMPLETE,
+    ARRIVING,
     CLASSES,
     CORRUPT,
     EMBARGOED,
     FAILED,
     HALF_DONE,
+    INCOMPLETE,
     MISSING,
     NEEDS_ACTION,
     ORPHAN,
@@ -44,6 +50,7 @@ from unembargo.models.reconcile import (
     SOURCES,
     UNEMBARGOED,
     UNREGISTERED,
+    ArrivalRun,
     EmbargoExposure,
     Inventory,
     MainHolding,
@@ -102,7 +109,10 @@ async def take_inventory(
         destination=installed,
         staging=staging,
         rucio=found["rucio"],
-        workflows=found["temporal"],
+        workflows=found["temporal"][0],
+        arrivals=with_embargo_ends(
+            found["temporal"][1], {obs_id: exp.embargo_end for obs_id, exp in exposures.items()}
+        ),
         seconds=seconds,
     )
     if request.verify:
@@ -256,8 +266,13 @@ def _rucio(settings: Settings, instrument: str, day_obs: int) -> RucioDay:
 
 async def _temporal(
     settings: Settings, client: Client | None, instrument: str, day_obs: int
-) -> dict[str, WorkflowRun]:
-    return await day_runs(client or await connect(settings), instrument, day_obs)
+) -> tuple[dict[str, WorkflowRun], dict[str, ArrivalRun]]:
+    """The day's unembargo runs and arrival runs: one visibility query each, at once."""
+    client = client or await connect(settings)
+    runs, arrivals = await asyncio.gather(
+        day_runs(client, instrument, day_obs), day_arrivals(client, instrument, day_obs)
+    )
+    return runs, arrivals
 
 
 # ---------------------------------------------------------------- classification
@@ -271,9 +286,10 @@ def classify(inv: Inventory) -> list[Verdict]:
 
 
 def known_exposures(inv: Inventory) -> set[str]:
-    """obs_ids that the bucket, a butler, the destination, Rucio or Temporal mention."""
+    """obs_ids that the bucket, a butler, the destination, Rucio or Temporal (unembargo or
+    arrival workflows) mention."""
     files = {p[0] for name in (*inv.destination, *inv.rucio.files) if (p := names.parse_day_file(name))}
-    keyed = (inv.folders, inv.exposures, inv.main, inv.rucio.obs, inv.workflows)
+    keyed = (inv.folders, inv.exposures, inv.main, inv.rucio.obs, inv.workflows, inv.arrivals)
     return files.union(*keyed)
 
 
@@ -291,18 +307,22 @@ def judge(inv: Inventory, obs_id: str) -> Verdict:
         exposure_id=exp.exposure_id if exp else None,
         due=bool(exp and exp.due),
         workflow=inv.workflows.get(obs_id),
+        arrival=inv.arrivals.get(obs_id),
     )
 
 
 def _class_and_reason(
     inv: Inventory, obs_id: str, problems: dict[str, str | None], done: tuple[str, ...]
 ) -> tuple[str, str]:
-    """The first class that fits, in this order: running, orphan, unembargoed, failed,
-    embargoed, half-done, missing."""
+    """The first class that fits, in this order: running, arriving, orphan, corrupt,
+    unembargoed, incomplete, no-butler-record, failed, embargoed, half-done, missing."""
     exp = inv.exposures.get(obs_id)
     run = inv.workflows.get(obs_id)
+    arrival = inv.arrivals.get(obs_id)
     if run is not None and run.status == "running":
         return RUNNING, _running(run)
+    if arrival is not None and arrival.state == ARRIVAL_ARRIVING:
+        return ARRIVING, f"{arrival.describe(inv.day_obs)}{_done_note(done)}; {_last_run(run)}"
     found = _artefacts(inv, obs_id)
     if obs_id not in inv.folders and found:
         where = f"not in the embargo bucket ({inv.bucket_url})"
@@ -319,15 +339,25 @@ def _class_and_reason(
     if len(done) == len(STEPS):
         early = "" if exp is None or exp.due else f", although {_embargo(exp)}"
         return UNEMBARGOED, f"every step done{early}"
+    if arrival is not None and arrival.state == ARRIVAL_INCOMPLETE:
+        return INCOMPLETE, f"{arrival.describe(inv.day_obs)}{_done_note(done)}; {_last_run(run)}"
     if exp is None:
+        heard = (
+            f"; its arrival: {arrival.describe(inv.day_obs)}"
+            if arrival is not None
+            else f"; no arrival workflow has heard of it (if arrivals ingest this bucket, "
+            f"`unembargo arrivals sweep --day {inv.day_obs}` finds it)"
+        )
         return UNREGISTERED, (
             f"a folder in {inv.bucket_url} but no exposure record in the embargo butler, so "
-            f"nothing can unembargo it{_done_note(done)}; {_last_run(run)}. Ingest its raws into "
-            "the embargo butler (or remove the folder if it is no exposure)"
+            f"nothing can unembargo it{_done_note(done)}; {_last_run(run)}{heard}. Ingest its raws "
+            "into the embargo butler (or remove the folder if it is no exposure)"
         )
     if run is not None and run.status in ("failed", "timed_out"):
         return FAILED, f"{run.error or run.status}{_done_note(done)}"
     if not exp.due and not done:
+        if arrival is not None and arrival.state == ARRIVAL_EMBARGOED:
+            return EMBARGOED, f"{arrival.describe(inv.day_obs)}; {_last_run(run)}"
         return EMBARGOED, f"{_embargo(exp)}; {_last_run(run)}"
     if done:
         held = "" if exp.due else f"; {_embargo(exp)}: --repair leaves it alone"
@@ -445,7 +475,10 @@ def _last_run(run: WorkflowRun | None) -> str:
 def _embargo(exp: EmbargoExposure | None) -> str:
     if exp is None:
         return "not in the embargo butler, so its embargo period cannot be judged"
-    ended = f" (it ended {exp.end:%Y-%m-%d %H:%M} UTC)" if exp.end else ""
+    if exp.embargo_end is not None:
+        ended = f" (its embargo ends {exp.embargo_end:%Y-%m-%d %H:%M} UTC)"
+    else:
+        ended = f" (it ended {exp.end:%Y-%m-%d %H:%M} UTC)" if exp.end else ""
     return f"not yet past its embargo period under the configured rules{ended}"
 
 

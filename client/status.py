@@ -1,4 +1,5 @@
-"""``unembargo status``: an exposure's step timeline, read from its workflow history.
+"""``unembargo status``: an exposure's step timeline, read from its workflow history,
+and its arrival's state (arriving, embargoed until when, incomplete, not yet arrived).
 
 The history answers for any run, running or closed, with no worker up: each step is
 done when its activity completed (at that time, with that receipt); a running run
@@ -10,19 +11,41 @@ adds its pending activity (attempt, last failure, next attempt) from ``describe`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+import asyncio
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
+from unembargo.client.progress import failure_message
 from unembargo.engine.codec import failure_text
-from unembargo.models import names
+from unembargo.engine.errors import SourceUnavailable
+from unembargo.models import arrival, names
+from unembargo.models.arrival import ArrivalState
 from unembargo.models.exposure import STEP_OF_ACTIVITY, STEPS, Step
-from unembargo.models.names import SA_STEP
+from unembargo.models.names import SA_DAY_OBS, SA_INSTRUMENT, SA_OBS_ID, SA_STEP
+from unembargo.models.reconcile import (
+    ARRIVAL_ARRIVING,
+    ARRIVAL_EMBARGOED,
+    ARRIVAL_INCOMPLETE,
+    ARRIVAL_STARTED,
+    ARRIVAL_STOPPED,
+    NOT_ARRIVED,
+    ArrivalRun,
+)
+from unembargo.models.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -280,3 +303,142 @@ def receipt_summary(step: str, receipt: dict[str, Any]) -> str:
     }
     text = summaries.get(step, lambda: "")()
     return f"{text} (already done)" if receipt.get("already_done") else text
+
+
+# ---------------------------------------------------------------- arrivals
+
+# The IncompleteExposure message of workflows/arrival.py: how many expected sensors lack a raw.
+_MISSING = re.compile(r"(\d+) of (\d+) expected sensors have no raw")
+# The arrival workflow's query of its ArrivalState (the method's name).
+_STATE_QUERY = "state"
+# A running arrival's `state` query is answered by a worker; none may be up.
+_QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+def day_arrivals_query(instrument: str, day_obs: int) -> str:
+    """Temporal visibility query listing every arrival workflow of a day."""
+    instrument, day_obs = names.check_name("instrument", instrument), names.check_day_obs(day_obs)
+    return (
+        f'WorkflowType = "{arrival.ARRIVAL_WORKFLOW}" AND {SA_INSTRUMENT.name} = "{instrument}" '
+        f"AND {SA_DAY_OBS.name} = {day_obs}"
+    )
+
+
+async def day_arrivals(
+    client: Client, instrument: str, day_obs: int, concurrency: int = 16
+) -> dict[str, ArrivalRun]:
+    """The latest arrival run of every exposure of a day, by obs_id.
+
+    One visibility query lists them all (state from the run's status and `step`); only
+    failed runs cost one more call each (their IncompleteExposure message: how many
+    sensors are missing). An embargoed run's end is not in visibility: the caller
+    fills it in from the embargo butler (``with_embargo_ends``).
+    """
+    latest: dict[str, WorkflowExecution] = {}
+    async for execution in client.list_workflows(day_arrivals_query(instrument, day_obs)):
+        obs_id = execution.typed_search_attributes.get(SA_OBS_ID)
+        known = latest.get(obs_id) if obs_id else None
+        if obs_id and (known is None or execution.start_time > known.start_time):
+            latest[obs_id] = execution
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(execution: WorkflowExecution) -> ArrivalRun:
+        async with gate:
+            return await arrival_run(client, execution)
+
+    runs = await asyncio.gather(*(one(e) for e in latest.values()))
+    return dict(zip(latest, runs, strict=True))
+
+
+async def arrival_status(client: Client, instrument: str, obs_id: str) -> ArrivalRun:
+    """One exposure's arrival: its run described and, while it runs, its ``state`` read
+    (missing sensors, embargo end); NOT_ARRIVED when there is no arrival workflow."""
+    wid = arrival.arrival_workflow_id(instrument, obs_id)
+    try:
+        desc = await client.get_workflow_handle(wid).describe()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return ArrivalRun(wid, NOT_ARRIVED)
+    state = None
+    if desc.status == WorkflowExecutionStatus.RUNNING:
+        handle = client.get_workflow_handle(wid, run_id=desc.run_id)
+        try:
+            state = await handle.query(_STATE_QUERY, result_type=ArrivalState, rpc_timeout=_QUERY_TIMEOUT)
+        except (RPCError, WorkflowQueryFailedError):
+            # No worker answered in time: the state from visibility alone.
+            state = None
+    return await arrival_run(client, desc, state)
+
+
+async def arrival_run(
+    client: Client, execution: WorkflowExecution, state: ArrivalState | None = None
+) -> ArrivalRun:
+    """An arrival run's state from its listing (or description), its failure message if it
+    failed, and its ``state`` query when one was read."""
+    status = (execution.status or WorkflowExecutionStatus.RUNNING).name.lower()
+    step = execution.typed_search_attributes.get(SA_STEP) or "-"
+    run = ArrivalRun(execution.id, _arrival_state(status, step), status, step, execution.start_time)
+    if status in ("failed", "timed_out"):
+        error = await failure_message(client, execution.id, execution.run_id)
+        run = replace(run, error=error)
+        if found := _MISSING.search(error):
+            run = replace(run, missing=int(found[1]), expected=int(found[2]))
+    if state is not None:
+        end = datetime.fromisoformat(state.embargo_end) if state.embargo_end else None
+        run = replace(
+            run,
+            embargo_end=end,
+            missing=len(state.missing) if state.expected is not None else None,
+            expected=state.expected,
+            raws_ingested=state.raws_ingested,
+        )
+    return run
+
+
+def _arrival_state(status: str, step: str) -> str:
+    if status == "running":
+        if step == arrival.EMBARGOED:
+            return ARRIVAL_EMBARGOED
+        return ARRIVAL_STARTED if step == arrival.STARTED else ARRIVAL_ARRIVING
+    if status == "completed":
+        return ARRIVAL_STARTED
+    if status == "failed" and step == arrival.INCOMPLETE:
+        return ARRIVAL_INCOMPLETE
+    return ARRIVAL_STOPPED
+
+
+def with_embargo_ends(
+    runs: dict[str, ArrivalRun], ends: Mapping[str, datetime | None]
+) -> dict[str, ArrivalRun]:
+    """``runs`` with each embargoed run's end filled in from ``ends`` (by obs_id) where unknown."""
+    return {
+        obs_id: replace(run, embargo_end=ends.get(obs_id))
+        if run.state == ARRIVAL_EMBARGOED and run.embargo_end is None
+        else run
+        for obs_id, run in runs.items()
+    }
+
+
+async def day_arrivals_with_ends(
+    client: Client, settings: Settings, instrument: str, day_obs: int
+) -> dict[str, ArrivalRun]:
+    """``day_arrivals``, with the end of each embargoed one from the embargo butler (one
+    query per embargo rule for the day, and only when some arrival is embargoed)."""
+    runs = await day_arrivals(client, instrument, day_obs)
+    if not any(run.state == ARRIVAL_EMBARGOED for run in runs.values()):
+        return runs
+
+    def ends() -> dict[str, datetime | None]:
+        from lsst.daf.butler import Butler
+
+        from unembargo.adapters.butler_inventory import day_embargo_ends
+
+        with Butler.from_config(settings.embargo_butler, writeable=False) as embargo:
+            return day_embargo_ends(embargo, instrument, day_obs, settings.rules())
+
+    try:
+        found = await asyncio.to_thread(ends)
+    except Exception as err:
+        raise SourceUnavailable("butler", err) from err
+    return with_embargo_ends(runs, found)

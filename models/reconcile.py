@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from unembargo.models import arrival
+
 UNEMBARGOED = "unembargoed"
 EMBARGOED = "embargoed"
 RUNNING = "running"
@@ -25,11 +27,18 @@ UNREGISTERED = "no-butler-record"
 # --verify: a step's file or records exist under the right name but their content does
 # not match the source (a conflicting zip, a changed bucket object, wrong checksums).
 CORRUPT = "corrupt"
+# Its arrival workflow is still ingesting its raws (not every expected sensor has one).
+ARRIVING = "arriving"
+# Its arrival workflow gave up: expected sensors still had no raw after incomplete_wait.
+INCOMPLETE = "incomplete"
 # Display order, from "nothing to do" to "look at this".
-CLASSES = (UNEMBARGOED, EMBARGOED, RUNNING, FAILED, HALF_DONE, MISSING, UNREGISTERED, CORRUPT, ORPHAN)
+CLASSES = (
+    UNEMBARGOED, EMBARGOED, ARRIVING, RUNNING, FAILED, HALF_DONE, MISSING, INCOMPLETE, UNREGISTERED,
+    CORRUPT, ORPHAN,
+)  # fmt: skip
 # Classes that fail the exit code; --repair (re)starts a workflow for those of them that
-# the embargo butler knows and that are due (never for no-butler-record or corrupt).
-NEEDS_ACTION = (MISSING, HALF_DONE, FAILED, UNREGISTERED, CORRUPT)
+# the embargo butler knows and that are due (never for incomplete, no-butler-record or corrupt).
+NEEDS_ACTION = (MISSING, HALF_DONE, FAILED, INCOMPLETE, UNREGISTERED, CORRUPT)
 REPAIRABLE = (MISSING, HALF_DONE, FAILED)
 
 # The inventory's sources, in the order timings are reported.
@@ -47,6 +56,8 @@ class EmbargoExposure:
     end: datetime | None = None
     # Tracts its visits overlap; empty means its files belong in NoTract.
     tracts: tuple[int, ...] = ()
+    # When its embargo ends: ``end`` plus the period of the first rule it matches.
+    embargo_end: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,70 @@ class WorkflowRun:
     last_failure: str | None = None
 
 
+# An exposure's arrival (workflows/arrival.py) as reconcile and status show it.
+ARRIVAL_ARRIVING = "arriving"  # running: raws coming in, or its visit being defined
+ARRIVAL_EMBARGOED = "embargoed"  # running: complete, waiting (a durable timer) for its embargo end
+ARRIVAL_INCOMPLETE = "incomplete"  # failed: expected sensors had no raw after incomplete_wait
+ARRIVAL_STARTED = "started"  # done: its unembargo workflow was started
+ARRIVAL_STOPPED = "stopped"  # failed otherwise, terminated, canceled or timed out
+NOT_ARRIVED = "not-yet-arrived"  # no arrival workflow has heard of it
+
+
+@dataclass(frozen=True)
+class ArrivalRun:
+    """The latest run of an exposure's arrival workflow (``arrival-<instrument>-<obs_id>``)."""
+
+    workflow_id: str
+    # One of the ARRIVAL_* states above (NOT_ARRIVED when there is no such workflow).
+    state: str
+    # The run's status (running | completed | failed | ...) and its `step` search attribute.
+    status: str = "-"
+    step: str = "-"
+    started: datetime | None = None
+    # embargoed: when its embargo ends (UTC), when known.
+    embargo_end: datetime | None = None
+    # Expected sensors with no raw yet, of how many (incomplete; arriving when its state was read).
+    missing: int | None = None
+    expected: int | None = None
+    raws_ingested: int | None = None
+    # A closed, unsuccessful run: its failure message.
+    error: str | None = None
+
+    def describe(self, day_obs: int | None = None) -> str:
+        """One line for a person: the state and what it is waiting for."""
+        sweep = f"`unembargo arrivals sweep --day {day_obs}`" if day_obs else "`unembargo arrivals sweep`"
+        if self.state == ARRIVAL_ARRIVING:
+            since = f" since {self.started:%Y-%m-%d %H:%M} UTC" if self.started else ""
+            counted = ""
+            if self.expected is not None and self.missing is not None:
+                counted = (
+                    f": {self.expected - self.missing} of {self.expected} expected sensors have their raw"
+                )
+            elif self.raws_ingested is not None:
+                counted = f": {self.raws_ingested} raws ingested, expectedSensors not read yet"
+            step = " (defining its visit)" if self.step == arrival.VISITS else ""
+            return f"arriving{since}{counted}{step}"
+        if self.state == ARRIVAL_EMBARGOED:
+            when = (
+                f"{self.embargo_end:%Y-%m-%d %H:%M:%S} UTC" if self.embargo_end else "a time not known here"
+            )
+            return f"arrived complete; waiting for its embargo end at {when}, then its arrival starts it"
+        if self.state == ARRIVAL_INCOMPLETE:
+            if self.missing is not None and self.expected is not None:
+                what = f"{self.missing} of {self.expected} expected sensors have no raw"
+            else:
+                what = (self.error or "expected sensors have no raw").split(". ")[0]
+            return f"incomplete: {what}. Re-send the missing files, then {sweep} starts a new arrival"
+        if self.state == ARRIVAL_STARTED:
+            return "arrived; its unembargo workflow was started"
+        if self.state == ARRIVAL_STOPPED:
+            return f"its arrival {self.status}" + (f": {self.error}" if self.error else "")
+        return (
+            "no arrival workflow has heard of it: not arrived yet, its notifications were lost "
+            f"({sweep} finds them), or its raws were ingested another way"
+        )
+
+
 @dataclass
 class Inventory:
     """Everything the sources say about one day."""
@@ -127,6 +202,8 @@ class Inventory:
     rucio: RucioDay = field(default_factory=RucioDay)
     # Latest workflow run by obs_id.
     workflows: dict[str, WorkflowRun] = field(default_factory=dict)
+    # Latest arrival workflow run by obs_id (absent: no arrival workflow).
+    arrivals: dict[str, ArrivalRun] = field(default_factory=dict)
     # Wall time of each source's inventory (they run concurrently).
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -143,6 +220,7 @@ class Verdict:
     exposure_id: int | None = None
     due: bool = False
     workflow: WorkflowRun | None = None
+    arrival: ArrivalRun | None = None
 
     @property
     def repairable(self) -> bool:
@@ -158,6 +236,7 @@ class Verdict:
             "exposure_id": self.exposure_id,
             "due": self.due,
             "workflow": asdict(self.workflow) if self.workflow else None,
+            "arrival": asdict(self.arrival) if self.arrival else None,
         }
 
 

@@ -393,8 +393,8 @@ async def test_a_day_in_every_class_is_classified_exactly_then_repaired(
     after = json.loads(repaired.stdout)
     eligible = [*DONE, *UNDONE, KILLED, FAILED, RUNNING, MISSING]
     assert after["counts"] == {
-        "unembargoed": len(eligible), "embargoed": 1, "running": 0, "failed": 0,
-        "half-done": 0, "missing": 0, "no-butler-record": 0, "corrupt": 0, "orphan": 2,
+        "unembargoed": len(eligible), "embargoed": 1, "arriving": 0, "running": 0, "failed": 0,
+        "half-done": 0, "missing": 0, "incomplete": 0, "no-butler-record": 0, "corrupt": 0, "orphan": 2,
     }, after  # fmt: skip
     started = {e["obs_id"]: e["final"] for e in after["repair"]["started"]}
     assert started == {e2e_obs(seq): "completed" for seq in (*UNDONE, KILLED, FAILED, MISSING)}

@@ -1,4 +1,5 @@
-"""reconcile's classes for what needs action beyond the steps, on hand-built inventories (no services)."""
+"""reconcile's classes for what needs action beyond the steps, and its arrival states, on hand-built
+inventories (no services)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from unembargo.client.reconcile import Reconciliation, classify, judge, staging_
 from unembargo.models import names
 from unembargo.models.exposure import STEPS, Step
 from unembargo.models.reconcile import (
+    ARRIVAL_ARRIVING,
+    ARRIVAL_EMBARGOED,
+    ARRIVAL_INCOMPLETE,
+    ARRIVAL_STARTED,
+    NOT_ARRIVED,
+    ArrivalRun,
     EmbargoExposure,
     Inventory,
     MainHolding,
@@ -121,3 +128,80 @@ def test_the_step_column_names_its_steps() -> None:
     assert all(str(step) in STEPS_HEADER for step in STEPS)
     table = verdict_table(reconciliation(unembargoed(1)))
     assert [c.header for c in table.columns][2] == STEPS_HEADER
+
+
+# ---------------------------------------------------------------- arrival states
+
+
+def arrival_run(obs_id: str, state: str, **kw: object) -> ArrivalRun:
+    return ArrivalRun(f"arrival-{INST}-{obs_id}", state, **kw)  # type: ignore[arg-type]
+
+
+def test_an_arriving_exposure_is_arriving_not_no_butler_record_nor_missing() -> None:
+    inv = unembargoed(1)
+    # Its first raws are not ingested yet: a folder and no butler record.
+    inv.folders = inv.folders | {obs(2), obs(3)}
+    started = datetime(2025, 12, 31, 3, 4, tzinfo=UTC)
+    inv.arrivals[obs(2)] = arrival_run(
+        obs(2), ARRIVAL_ARRIVING, status="running", step="arriving", started=started
+    )
+    # Ingested, due (a calibration), still arriving: not missing.
+    inv.exposures[obs(3)] = EmbargoExposure(3, due=True, end=datetime(2026, 1, 1, tzinfo=UTC))
+    inv.arrivals[obs(3)] = arrival_run(obs(3), ARRIVAL_ARRIVING, status="running", step="arriving")
+    for seq in (2, 3):
+        verdict = judge(inv, obs(seq))
+        assert verdict.klass == "arriving" and verdict.reason.startswith("arriving"), verdict
+        assert not verdict.repairable
+    assert "arriving since 2025-12-31 03:04 UTC" in judge(inv, obs(2)).reason
+    assert reconciliation(inv).ok
+
+
+def test_an_incomplete_arrival_needs_action_and_says_how_many_sensors_are_missing() -> None:
+    inv = unembargoed(1)
+    inv.folders = inv.folders | {obs(2)}
+    inv.exposures[obs(2)] = EmbargoExposure(2, due=True, end=datetime(2026, 1, 1, tzinfo=UTC))
+    inv.arrivals[obs(2)] = arrival_run(obs(2), ARRIVAL_INCOMPLETE, status="failed", step="incomplete",
+                                       missing=3, expected=205)  # fmt: skip
+    verdict = judge(inv, obs(2))
+    assert verdict.klass == "incomplete" and not verdict.repairable
+    assert verdict.reason.startswith("incomplete: 3 of 205 expected sensors have no raw. Re-send")
+    assert f"`unembargo arrivals sweep --day {DAY}`" in verdict.reason
+    assert not reconciliation(inv).ok
+
+
+def test_an_embargoed_arrival_gives_its_embargo_end_and_others_the_rules_end() -> None:
+    inv = unembargoed(1)
+    end = datetime(2026, 1, 4, 8, 0, tzinfo=UTC)
+    for seq in (2, 3):
+        inv.folders = inv.folders | {obs(seq)}
+        inv.exposures[obs(seq)] = EmbargoExposure(
+            seq, due=False, end=datetime(2026, 1, 1, tzinfo=UTC), embargo_end=end
+        )
+    inv.arrivals[obs(2)] = arrival_run(
+        obs(2), ARRIVAL_EMBARGOED, status="running", step="embargoed", embargo_end=end
+    )
+    waiting = judge(inv, obs(2))
+    assert waiting.klass == "embargoed"
+    assert "arrived complete; waiting for its embargo end at 2026-01-04 08:00:00 UTC" in waiting.reason
+    assert "its embargo ends 2026-01-04 08:00 UTC" in judge(inv, obs(3)).reason
+
+
+def test_a_folder_no_arrival_has_heard_of_points_at_the_sweep() -> None:
+    inv = unembargoed(1)
+    inv.folders = inv.folders | {obs(2)}
+    verdict = judge(inv, obs(2))
+    assert verdict.klass == "no-butler-record"
+    assert (
+        "no arrival workflow has heard of it (if arrivals ingest this bucket, "
+        f"`unembargo arrivals sweep --day {DAY}` finds it)" in verdict.reason
+    )
+
+
+def test_the_arrival_column_shows_only_on_days_with_arrivals() -> None:
+    inv = unembargoed(1, 2)
+    assert "arrival" not in [c.header for c in verdict_table(reconciliation(inv)).columns]
+    inv.arrivals[obs(1)] = arrival_run(obs(1), ARRIVAL_STARTED, status="completed", step="started")
+    table = verdict_table(reconciliation(inv))
+    column = next(c for c in table.columns if c.header == "arrival")
+    assert list(column._cells) == [ARRIVAL_STARTED, NOT_ARRIVED]
+    assert reconciliation(inv).as_dict()["exposures"][0]["arrival"]["state"] == ARRIVAL_STARTED
