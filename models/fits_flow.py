@@ -345,7 +345,9 @@ class ScanReceipt:
     seen: int
     started: int
     waiting: int
-    invalid: int
+    # Files found invalid too often in this scan (reported once each), the first few by name.
+    invalid: int = 0
+    invalid_names: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
