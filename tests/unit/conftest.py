@@ -1,7 +1,8 @@
 """The unit layer: no services. Workflow logic runs on Temporal's time-skipping test server.
 
-One server per session (``env``); each test gets a task queue of its own (``queue``) and
-runs its workers with ``async with Worker(...)``. Timers skip ahead while the test awaits
+One server per test module (``env``), so a workflow one module leaves running (its pending
+activity holds the server's clock) cannot stop time skipping for the next; each test gets a
+task queue of its own (``queue``) and runs its workers with ``async with Worker(...)``. Timers skip ahead while the test awaits
 a result, so a workflow that waits hours for raws finishes in milliseconds.
 """
 
@@ -29,7 +30,7 @@ def test_server() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     """Temporal's time-skipping test server, with unembargo's custom search attributes."""
     async with await WorkflowEnvironment.start_time_skipping(test_server_existing_path=test_server()) as env:
