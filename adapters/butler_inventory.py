@@ -6,18 +6,29 @@ as ``unembargo start``), the tracts their visits overlap (one spatial join), and
 exposures the main butler holds raws of. Whether those holdings are complete is
 first judged on the day's totals; only when the totals disagree are the raws counted
 exposure by exposure.
+
+``reconcile --verify`` compares content the same way, many exposures per query
+(``VERIFY_CHUNK``): each yaml's records with the embargo butler's, and each zip's
+butler index with the main butler's datasets and the files they point at.
 """
 
 from __future__ import annotations
 
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from lsst.daf.butler import Butler, DimensionRecord, MissingDatasetTypeError
+import yaml
+from lsst.daf.butler import Butler, DatasetRef, DimensionRecord, MissingDatasetTypeError
+from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import ZipIndex
+from lsst.daf.butler.transfers import YamlRepoImportBackend
+from lsst.resources import ResourcePath
 
-from unembargo.adapters.butler import RAW_TYPES
+from unembargo.adapters.butler import RAW_TYPES, RECORD_SHAPES, Records, records_diff
 from unembargo.adapters.selection import select_exposures
 from unembargo.models import names
 from unembargo.models.reconcile import EmbargoExposure, MainHolding
@@ -227,3 +238,135 @@ def _per_exposure(
             )
             counts.update(int(data_id["exposure"]) for data_id in data_ids)
     return counts
+
+
+# ---------------------------------------------------------------- reconcile --verify
+
+# Exposures whose records and datasets are asked for in one query each: bounds what a
+# query returns (205 detectors and regions an exposure) while keeping round trips few.
+VERIFY_CHUNK = 50
+
+
+def chunk_records(embargo: Butler, instrument: str, exposure_ids: Sequence[int]) -> dict[int, Records]:
+    """Exposure id -> the records its self-sufficient yaml must hold, as the export step
+    collects them (``adapters.butler.collect_records``), for many exposures per query."""
+    found: dict[int, Records] = {eid: {} for eid in exposure_ids}
+    where, bind = f"exposure.id IN ({_IDS})", {_IDS: list(exposure_ids)}
+    for shape in RECORD_SHAPES:
+        if not all(name in embargo.dimensions.dimensions.names for name in shape):
+            continue
+        data_ids = embargo.query_data_ids(
+            shape, instrument=instrument, where=where, bind=bind, with_dimension_records=True,
+            explain=False, limit=None,
+        )  # fmt: skip
+        for data_id in data_ids:
+            records = found[int(data_id["exposure"])]
+            for name in data_id.dimensions.elements:
+                record = data_id.records[name]
+                if record is not None and record.definition.has_own_table:
+                    records.setdefault(name, {}).setdefault(record.dataId, record)
+    return found
+
+
+def yaml_differences(path: Path, expected: Records, butler: Butler) -> list[str]:
+    """How the exported yaml's records differ from ``expected``, per element ([] if none).
+
+    Read as ``Butler.import_`` reads it (its yaml backend), without importing anything.
+    """
+    try:
+        with open(path) as stream:
+            backend = YamlRepoImportBackend(stream, butler)
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
+        return [f"not a readable dimension yaml ({type(err).__name__}: {str(err)[:200]})"]
+    actual: Records = {
+        element.name: {r.dataId: r for r in records}
+        for element, records in backend.dimensions.items()
+        if records
+    }
+    return records_diff(expected, actual)
+
+
+@dataclass(frozen=True)
+class HeldDataset:
+    """A raw dataset of the main butler: its type and run, and the file it points at."""
+
+    dataset_type: str
+    run: str
+    # Zip member the datastore reads it from (``#zip-path=``), and the zip's path.
+    member: str | None
+    path: str | None
+
+
+def chunk_datasets(
+    main: Butler, instrument: str, exposure_ids: Sequence[int]
+) -> dict[int, dict[str, HeldDataset]]:
+    """Exposure id -> {dataset id: what the main butler holds} of its raws, with their files."""
+    searches = raw_searches(main, instrument)
+    refs: list[DatasetRef] = []
+    for dataset_type, runs in searches:
+        refs += main.query_datasets(
+            dataset_type, collections=runs, instrument=instrument, where=f"exposure.id IN ({_IDS})",
+            bind={_IDS: list(exposure_ids)}, find_first=False, explain=False, limit=None,
+        )  # fmt: skip
+    uris = main.get_many_uris(refs, allow_missing=True) if refs else {}
+    held: dict[int, dict[str, HeldDataset]] = {eid: {} for eid in exposure_ids}
+    for ref in refs:
+        found = uris.get(ref)
+        uri = found.primaryURI if found is not None else None
+        member = path = None
+        if uri is not None:
+            fragment = uri.fragment or ""
+            member = fragment.removeprefix("zip-path=") if fragment.startswith("zip-path=") else None
+            path = uri.ospath if uri.isLocal else str(uri)
+        held[int(ref.dataId["exposure"])][str(ref.id)] = HeldDataset(
+            ref.datasetType.name, str(ref.run), member, path
+        )
+    return held
+
+
+def index_differences(zip_path: Path, held: dict[str, HeldDataset]) -> list[str]:
+    """What differs between a zip's butler index and the main butler's datasets of its
+    exposure: ids missing on either side, other runs or types, files not in this zip."""
+    try:
+        index = ZipIndex.from_zip_file(ResourcePath(zip_path))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as err:
+        return [f"the zip has no readable butler index ({type(err).__name__})"]
+    listed = {
+        str(ref_id): (ref.dataset_type_name, str(ref.run)) for ref_id, ref in index.refs.compact_refs.items()
+    }
+    member_of = {str(ref_id): name for name, info in index.artifact_map.items() for ref_id in info.ids}
+    absent = sorted(set(listed) - set(held))
+    extra = sorted(set(held) - set(listed))
+    problems = []
+    if absent:
+        problems.append(
+            f"{len(absent)} dataset(s) of the zip's index are not in the main butler ({_ids(absent)})"
+        )
+    if extra:
+        problems.append(
+            f"the main butler holds {len(extra)} dataset(s) of it that the zip's index lacks ({_ids(extra)})"
+        )
+    wrong_kind = sorted(
+        i for i in set(listed) & set(held) if listed[i] != (held[i].dataset_type, held[i].run)
+    )
+    if wrong_kind:
+        problems.append(
+            f"{len(wrong_kind)} dataset(s) have another type or run in the main butler ({_ids(wrong_kind)})"
+        )
+    here = str(zip_path.resolve())
+    elsewhere = sorted(
+        i for i in set(listed) & set(held)
+        if held[i].path is not None and (held[i].path != here or held[i].member != member_of.get(i))
+    )  # fmt: skip
+    if elsewhere:
+        first = held[elsewhere[0]]
+        problems.append(
+            f"{len(elsewhere)} dataset(s) of the main butler point at another file "
+            f"(e.g. {first.path}#{first.member})"
+        )
+    return problems
+
+
+def _ids(ids: list[str], shown: int = 3) -> str:
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more

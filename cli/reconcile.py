@@ -64,8 +64,9 @@ def reconcile(
         typer.Option(
             "--verify",
             help="Also compare content, not just names: every zip's members with the bucket "
-            "(sizes, md5s, indexes) and every registered file's bytes/adler32/md5 with Rucio's. "
-            "Reads every zip and yaml of the day.",
+            "(sizes, md5s, indexes), its butler index with the main butler's datasets, every "
+            "yaml's records with the embargo butler's, and every registered file's "
+            "bytes/adler32/md5 with Rucio's. Reads every zip and yaml of the day.",
         ),
     ] = False,
 ) -> None:

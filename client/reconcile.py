@@ -8,8 +8,9 @@ An inventory of the day is taken from each source with a few batched calls (neve
 one round trip per exposure), the five sources at once: the embargo bucket's folders
 (a delimiter listing), the embargo and main butlers (a handful of day-wide queries),
 the destination folder (one stat per file), Rucio (pattern listings and bulk calls)
-and Temporal (one visibility query). ``classify`` then judges every exposure from
-the inventory alone, so it runs (and is tested) without any service.
+and Temporal (one visibility query of unembargo runs, one of arrival runs).
+``classify`` then judges every exposure from the inventory alone, so it runs (and is
+tested) without any service.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 from temporalio.client import Client
@@ -64,6 +66,14 @@ from unembargo.models.settings import Settings
 from unembargo.models.tables import connect as db_connect
 from unembargo.models.tables import step_queues
 
+if TYPE_CHECKING:
+    # The clients' libraries load in load_clients, off the event loop.
+    from lsst.daf.butler import Butler
+
+    from unembargo.adapters.butler import Records
+    from unembargo.adapters.butler_inventory import HeldDataset
+    from unembargo.adapters.s3 import S3Object
+
 
 @dataclass(frozen=True)
 class ReconcileRequest:
@@ -74,7 +84,8 @@ class ReconcileRequest:
     # Ask the sources one after another: slower, but each source's time is its own
     # (the benchmark's split); by default they are asked at once.
     sequential: bool = False
-    # Also compare what exists with its sources (zip members with the bucket, files on
+    # Also compare what exists with its sources (zip members with the bucket, zip indexes
+    # with the main butler's datasets, yaml records with the embargo butler's, files on
     # disk with their Rucio checksums): reads every zip and yaml of the day.
     verify: bool = False
 
@@ -189,72 +200,126 @@ VERIFY_THREADS = 4
 def _deep(settings: Settings, inv: Inventory) -> dict[str, dict[str, str]]:
     """What differs between each existing zip or yaml and its sources, by obs_id and step.
 
-    One listing of the day's bucket prefix (all its objects, paged), then every zip
-    compared with its folder's objects (``verify_zip``: names, sizes, md5s, indexes)
-    and every registered file's bytes, adler32 and md5 on disk with Rucio's, in a
-    small thread pool.
+    One listing of the day's bucket prefix (all its objects, paged); then, for
+    ``VERIFY_CHUNK`` exposures at a time, the records their yamls must hold (the embargo
+    butler) and the raws the main butler holds of them with their files (a few queries
+    per chunk, never one per exposure), and each of their files compared in a small
+    thread pool: a zip with its folder's objects (``verify_zip``: names, sizes, md5s,
+    indexes) and its butler index with the main butler's datasets, a yaml's records with
+    the embargo butler's, and every registered file's bytes, adler32 and md5 with Rucio's.
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from lsst.daf.butler import Butler
+
+    from unembargo.adapters.butler_inventory import VERIFY_CHUNK, chunk_datasets, chunk_records
     from unembargo.adapters.s3 import connect as s3_connect
     from unembargo.adapters.s3 import list_folder
 
     prefix = names.day_prefix(settings.s3_prefix, inv.instrument, inv.day_obs)
-    by_folder: dict[str, dict[str, Any]] = {}
+    by_folder: dict[str, dict[str, S3Object]] = {}
     for obj in list_folder(s3_connect(settings.s3_endpoint_url), settings.s3_bucket, prefix):
         folder, _, member = obj.key[len(prefix) :].partition("/")
         if member:
             by_folder.setdefault(folder, {})[member] = obj
-    root = settings.dest_root.resolve()
-    jobs = [name for name in inv.destination if names.parse_day_file(name)]
-    with ThreadPoolExecutor(VERIFY_THREADS) as pool:
-        found = list(pool.map(lambda name: _deep_file(root, inv, name, by_folder), jobs))
+    files: dict[str, list[str]] = {}
+    for name in sorted(inv.destination):
+        if parsed := names.parse_day_file(name):
+            files.setdefault(parsed[0], []).append(name)
     deep: dict[str, dict[str, str]] = {}
-    for name, problems in zip(jobs, found, strict=True):
+    with (
+        Butler.from_config(settings.embargo_butler, writeable=False) as embargo,
+        Butler.from_config(settings.main_butler, writeable=False) as main,
+        ThreadPoolExecutor(VERIFY_THREADS) as pool,
+    ):
+        obs_ids = sorted(files)
+        for chunk in (obs_ids[i : i + VERIFY_CHUNK] for i in range(0, len(obs_ids), VERIFY_CHUNK)):
+            ids = [inv.exposures[o].exposure_id for o in chunk if o in inv.exposures]
+            held_ids = [inv.exposures[o].exposure_id for o in chunk if o in inv.exposures and o in inv.main]
+            check = _Verify(
+                settings.dest_root.resolve(),
+                inv,
+                by_folder,
+                embargo,
+                chunk_records(embargo, inv.instrument, ids) if ids else {},
+                chunk_datasets(main, inv.instrument, held_ids) if held_ids else {},
+            )
+            jobs = [name for obs_id in chunk for name in files[obs_id]]
+            for name, problems in zip(jobs, pool.map(check.file, jobs), strict=True):
+                deep.setdefault(name_owner(name), {}).update(problems)
+    return {obs_id: problems for obs_id, problems in deep.items() if problems}
+
+
+def name_owner(name: str) -> str:
+    """The obs_id of a zip's or yaml's relative path."""
+    parsed = names.parse_day_file(name)
+    assert parsed is not None, "only the day's zips and yamls are verified"
+    return parsed[0]
+
+
+@dataclass(frozen=True)
+class _Verify:
+    """What one chunk's files are compared with."""
+
+    root: Path
+    inv: Inventory
+    by_folder: dict[str, dict[str, S3Object]]
+    embargo: Butler
+    # Exposure id -> the records its yaml must hold; -> the main butler's raws of it.
+    records: dict[int, Records]
+    held: dict[int, dict[str, HeldDataset]]
+
+    def file(self, name: str) -> dict[str, str]:
+        """The deep problems of one zip or yaml at the destination, by step."""
+        from unembargo.adapters.butler_inventory import index_differences, yaml_differences
+        from unembargo.adapters.destination import checksums
+        from unembargo.adapters.zipping import differences_text, verify_zip
+
+        inv = self.inv
         parsed = names.parse_day_file(name)
         assert parsed is not None
-        for step, problem in problems.items():
-            deep.setdefault(parsed[0], {})[step] = problem
-    return deep
-
-
-def _deep_file(root: Any, inv: Inventory, name: str, by_folder: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The deep problems of one zip or yaml at the destination, by step."""
-    from unembargo.adapters.destination import checksums
-    from unembargo.adapters.zipping import differences_text, verify_zip
-
-    parsed = names.parse_day_file(name)
-    assert parsed is not None
-    obs_id, kind = parsed
-    path = root / name
-    problems: dict[str, str] = {}
-    exp = inv.exposures.get(obs_id)
-    if kind == "zip" and exp is not None:
-        members = by_folder.get(obs_id, {})
-        check = verify_zip(path, members, Exposure(inv.instrument, inv.day_obs, obs_id, exp.exposure_id))
-        if check.foreign:
-            problems[Step.ZIP] = (
-                f"the zip belongs to another exposure (its butler index lists {check.foreign})"
-            )
-        elif check.differences:
-            problems[Step.ZIP] = (
-                f"the zip does not match {inv.bucket_url}{obs_id}/: {differences_text(check.differences)}"
-            )
-    held = inv.rucio.files.get(name)
-    if held is not None:
-        size, md5, adler32 = checksums(path)
-        wrong = [
-            f"{what} {have} in Rucio, {want} on disk"
-            for what, have, want in (
-                ("bytes", held.bytes, size),
-                ("adler32", held.adler32, adler32),
-                ("md5", held.md5, md5),
-            )
-            if have is not None and have != want
-        ]
-        if wrong:
-            problems[Step.REGISTER] = f"the {kind} is registered with {', '.join(wrong)}"
-    return problems
+        obs_id, kind = parsed
+        path = self.root / name
+        problems: dict[str, str] = {}
+        exp = inv.exposures.get(obs_id)
+        if kind == "zip" and exp is not None:
+            members = self.by_folder.get(obs_id, {})
+            check = verify_zip(path, members, Exposure(inv.instrument, inv.day_obs, obs_id, exp.exposure_id))
+            if check.foreign:
+                problems[Step.ZIP] = (
+                    f"the zip belongs to another exposure (its butler index lists {check.foreign})"
+                )
+            elif check.differences:
+                problems[Step.ZIP] = (
+                    f"the zip does not match {inv.bucket_url}{obs_id}/: {differences_text(check.differences)}"
+                )
+            if not check.foreign and obs_id in inv.main:
+                wrong = index_differences(path, self.held.get(exp.exposure_id, {}))
+                if wrong:
+                    problems[Step.INGEST] = (
+                        f"the main butler's datasets do not match the zip's index: {'; '.join(wrong)}"
+                    )
+        if kind == "yaml" and exp is not None:
+            wrong = yaml_differences(path, self.records.get(exp.exposure_id, {}), self.embargo)
+            if wrong:
+                problems[Step.EXPORT] = (
+                    f"the yaml's records differ from the embargo butler's: {'; '.join(wrong)}"
+                )
+        held = inv.rucio.files.get(name)
+        if held is not None:
+            size, md5, adler32 = checksums(path)
+            wrong = [
+                f"{what} {have} in Rucio, {want} on disk"
+                for what, have, want in (
+                    ("bytes", held.bytes, size),
+                    ("adler32", held.adler32, adler32),
+                    ("md5", held.md5, md5),
+                )
+                if have is not None and have != want
+            ]
+            if wrong:
+                problems[Step.REGISTER] = f"the {kind} is registered with {', '.join(wrong)}"
+        return problems
 
 
 def _rucio(settings: Settings, instrument: str, day_obs: int) -> RucioDay:

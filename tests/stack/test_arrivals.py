@@ -8,6 +8,8 @@ object not uploaded yet; notifications that are never posted (found by the sweep
 worker SIGKILLed while an ingest batch is done but not reported; a wrong secret and a
 malformed key. It must end with every raw in the embargo butler exactly once and the
 exposure unembargoed (verify.check_unembargoed), started at its embargo end, not before.
+On the way, `status` reads the arrival as arriving with its 3 missing sensors, and the
+day's listing (one visibility query) as started at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from support import WorkerProcess, poll_until
 from unembargo.client.arrivals import arrival_state, sweep_day
+from unembargo.client.status import arrival_status, day_arrivals
 from unembargo.devstack import lsstcam, procs
 from unembargo.devstack.notify import SECRET_HEADER, aws_record, body, ceph_record
 from unembargo.devstack.seed import CADENCE, NIGHT_START, plan_exposure, seed_exposure
@@ -177,6 +180,8 @@ async def test_a_full_exposure_arrives_by_notification_and_is_unembargoed_at_its
         s = await state()
         assert s.seen == len(objects) + 1 and s.duplicates >= 40 and s.sidecars == len(first)
         assert s.others == 1 and not s.complete and len(s.missing) == 3
+        shown = await arrival_status(client, "LSSTCam", plan.obs_id)
+        assert (shown.state, shown.missing, shown.expected) == ("arriving", 3, 205), shown
 
         # The late raw arrives (read again on its own); the other two are never announced.
         seed_exposure(settings, day_obs, seq, detectors=lost, file_size=16 * 1024, ingest=False)
@@ -204,6 +209,13 @@ async def test_a_full_exposure_arrives_by_notification_and_is_unembargoed_at_its
         await poll_until(unembargoed, 150, "the exposure to be unembargoed")
         desc = await handle.describe()
         assert desc.start_time >= embargo_end, "the unembargo workflow started before the embargo ended"
+
+        async def listed_started() -> bool:
+            day = await day_arrivals(client, "LSSTCam", day_obs)
+            return plan.obs_id in day and day[plan.obs_id].state == "started"
+
+        # The day's listing (status --day, reconcile) from one visibility query.
+        await poll_until(listed_started, 30, "the day's arrivals to list it as started")
         done = desc.close_time
         assert done is not None
         assert waiting in (arrival.VISITS, arrival.EMBARGOED) or embargo_end < datetime.now(UTC), waiting

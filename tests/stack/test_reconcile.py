@@ -20,10 +20,13 @@ from typing import TYPE_CHECKING
 
 import boto3
 import pytest
+from lsst.daf.butler import Butler
+from rich.console import Console
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from support import WorkerProcess, plant_foreign_zip, poll_until, start_one
+from unembargo.cli.reconcile import staging_table
 from unembargo.client.reconcile import ReconcileRequest, Reconciliation, classify, judge, reconcile_day
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.models import names
@@ -282,6 +285,7 @@ def test_classify_orders_by_class_then_obs_id_and_counts() -> None:
     assert Reconciliation(INST, DAY, verdicts[:3], {}).ok
     assert rec.as_dict()["exposures"][3] | {"workflow": None} == {
         "obs_id": obs(2), "class": "missing", "done": [], "exposure_id": 2, "due": True, "workflow": None,
+        "arrival": None,
         "reason": "past its embargo period and no step done; no workflow",
     }  # fmt: skip
 
@@ -314,6 +318,8 @@ RULES = [
 # Tiny raws: the test is about bookkeeping, not bytes.
 SMALL = 4096
 POLICY = Policy(heartbeat_s=10)
+# A raw run no zip's index names: a dataset there is one the main butler holds beyond the zip.
+EXTRA_RUN = "LSSTCam/raw/reconcile-extra"
 
 
 def e2e_obs(seq: int) -> str:
@@ -407,16 +413,21 @@ async def test_a_day_in_every_class_is_classified_exactly_then_repaired(
     table = cli(own, "reconcile", "--day", str(E2E_DAY))
     assert table.returncode == 0, table.stdout + table.stderr
     assert "unembargoed" in table.stdout and "orphan" in table.stdout and "nothing to do" in table.stdout
-    _verify_finds_what_names_do_not(own, seeded, day_dir)
+    await _verify_finds_what_names_do_not(own, client, seeded, day_dir)
 
 
-def _verify_finds_what_names_do_not(
-    settings: Settings, seeded: dict[int, SeededExposure], day_dir: Path
+async def _verify_finds_what_names_do_not(
+    settings: Settings, client: Client, seeded: dict[int, SeededExposure], day_dir: Path
 ) -> None:
-    """--verify: real zips pass; a bucket object changed after unembargo, a zip of another
-    exposure under an exposure's name, and staging files left behind are each reported."""
-    deep = json.loads(cli(settings, "reconcile", "--day", str(E2E_DAY), "--verify", "--json").stdout)
-    assert deep["ok"] and deep["verified"] and deep["counts"]["unembargoed"] == 10, deep["counts"]
+    """--verify: real zips, yamls and main-butler datasets pass; a bucket object changed after
+    unembargo, a zip of another exposure under an exposure's name, a yaml record changed, a
+    dataset the main butler holds that the zip's index lacks, and staging files left behind
+    are each reported. In process where the command line adds nothing (it is timed above)."""
+    verify = ReconcileRequest(day_obs=E2E_DAY, verify=True)
+    deep = await reconcile_day(settings, verify, client)
+    assert deep.ok and deep.verified and deep.counts["unembargoed"] == 10, [
+        (v.obs_id, v.klass, v.reason) for v in deep.verdicts if v.klass != "unembargoed"
+    ]
 
     changed = seeded[DONE[0]]
     sidecar = next(name for name in changed.names if name.endswith(".json") and "expectedSensors" not in name)
@@ -430,28 +441,51 @@ def _verify_finds_what_names_do_not(
     own_zip.rename(kept)
     own_zip.write_bytes(other_zip.read_bytes())
     (day_dir / f"{e2e_obs(5)}.zip.transfer-tmp").write_bytes(b"old cron tool")
+    # Exposure 2's yaml with one record changed; exposure 6 with a raw the main butler
+    # holds in another raw run, which no zip's index lists (its count of data IDs is the same).
+    yaml_path = day_dir / f"{e2e_obs(DONE[1])}_dimensions.yaml"
+    yaml_text = yaml_path.read_text()
+    renamed = yaml_text.replace(f"obs_id: {e2e_obs(DONE[1])}", f"obs_id: {e2e_obs(902)}", 1)
+    assert renamed != yaml_text
+    yaml_path.write_text(renamed)
+    with Butler.from_config(settings.main_butler, writeable=True) as main:
+        main.collections.register(EXTRA_RUN)
+        [extra] = main.registry.insertDatasets(
+            "raw", [{"instrument": INST, "exposure": seeded[6].exposure_id, "detector": 0}], EXTRA_RUN
+        )
 
-    shallow = cli(settings, "reconcile", "--day", str(E2E_DAY), "--json")
+    shallow = await reconcile_day(settings, ReconcileRequest(day_obs=E2E_DAY), client)
     # By names, all is done: but a staging file is left.
-    assert json.loads(shallow.stdout)["counts"]["corrupt"] == 0 and shallow.returncode == 1
+    assert shallow.counts["corrupt"] == 0 and not shallow.ok
     run = cli(settings, "reconcile", "--day", str(E2E_DAY), "--verify", "--json")
     assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
     found = {e["obs_id"]: e for e in json.loads(run.stdout)["exposures"]}
-    assert found[changed.obs_id]["class"] == "corrupt", found[changed.obs_id]
+    corrupt = {obs_id for obs_id, e in found.items() if e["class"] == "corrupt"}
+    assert corrupt == {e2e_obs(seq) for seq in (DONE[0], DONE[1], 3, 6)}, found
     assert f"does not match s3://{settings.s3_bucket}/" in found[changed.obs_id]["reason"]
     assert f"{sidecar} is " in found[changed.obs_id]["reason"], found[changed.obs_id]["reason"]
-    assert found[e2e_obs(3)]["class"] == "corrupt"
     assert (
         f"belongs to another exposure (its butler index lists LSSTCam exposure {seeded[4].exposure_id})"
         in (found[e2e_obs(3)]["reason"])
     )
+    assert (
+        "export: the yaml's records differ from the embargo butler's: exposure: 1 different"
+        in found[e2e_obs(DONE[1])]["reason"]
+    ), found[e2e_obs(DONE[1])]["reason"]
+    assert (
+        "ingest: the main butler's datasets do not match the zip's index: the main butler holds 1 "
+        f"dataset(s) of it that the zip's index lacks ({extra.id})" in found[e2e_obs(6)]["reason"]
+    ), found[e2e_obs(6)]["reason"]
     [staged] = json.loads(run.stdout)["staging"]
     assert (staged["obs_id"], staged["made_by"], staged["in_use"]) == (e2e_obs(5), "cron", False)
-    table = cli(settings, "reconcile", "--day", str(E2E_DAY), "--verify")
-    assert "corrupt" in table.stdout, table.stdout
-    assert "staging files in" in table.stdout, table.stdout
+    console = Console(record=True, width=400)
+    console.print(staging_table(shallow))
+    assert "stale: remove it" in console.export_text()
     own_zip.unlink()
     kept.rename(own_zip)
+    yaml_path.write_text(yaml_text)
+    with Butler.from_config(settings.main_butler, writeable=True) as main:
+        main.registry.removeDatasets([extra])
 
 
 async def _waiting(handle: WorkflowHandle[object, object]) -> bool:

@@ -11,6 +11,7 @@ read from the workflow's own failure message, so a change of that message fails 
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -211,3 +212,32 @@ async def test_a_started_exposure_and_one_never_heard_of(env: WorkflowEnvironmen
     never = await arrival_status(env.client, INSTRUMENT, new_obs())
     assert never.state == NOT_ARRIVED and never.workflow_id.startswith("arrival-LSSTCam-MC_O_")
     assert "arrivals sweep" in never.describe(DAY)
+
+
+def test_the_day_view_lists_arrivals_without_an_unembargo_workflow(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from unembargo.cli import status as cli_status
+    from unembargo.models.reconcile import ArrivalRun, WorkflowRun
+
+    done, waiting = new_obs(), new_obs()
+    runs = {done: WorkflowRun(f"unembargo-{INSTRUMENT}-{done}", "completed", "done")}
+    arrivals = {
+        done: ArrivalRun(a.arrival_workflow_id(INSTRUMENT, done), ARRIVAL_STARTED, "completed", a.STARTED),
+        waiting: ArrivalRun(
+            a.arrival_workflow_id(INSTRUMENT, waiting), ARRIVAL_INCOMPLETE, "failed", a.INCOMPLETE,
+            missing=2, expected=205,
+        ),
+    }  # fmt: skip
+    cli_status._print_day(runs, arrivals, DAY, as_json=True)
+    day = json.loads(capsys.readouterr().out)
+    assert day[done]["status"] == "completed" and day[done]["arrival"]["state"] == ARRIVAL_STARTED
+    assert day[waiting]["status"] == "not-started" and day[waiting]["arrival"]["missing"] == 2
+    width, cli_status.console.width = cli_status.console.width, 300
+    try:
+        cli_status._print_day(runs, arrivals, DAY, as_json=False)
+    finally:
+        cli_status.console.width = width
+    table = capsys.readouterr().out
+    assert "arrival" in table and "incomplete: 2 of 205 expected sensors have no raw" in table
+    assert "1 arrival incomplete, 1 completed" in table
