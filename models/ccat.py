@@ -169,7 +169,7 @@ class BundleInput:
 @dataclass(frozen=True)
 class BundleReceipt:
     transfer: str
-    # The bundle reached its size limit with this package: close it now.
+    # Another package like this one would not fit: close the bundle now.
     full: bool = False
 
 

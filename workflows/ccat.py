@@ -309,4 +309,9 @@ class CcatStageWorkflow:
 
 
 # What a worker registers for the flow.
-CCAT_WORKFLOWS = [CcatPackageWorkflow, CcatTransferWorkflow, CcatDeletionWorkflow, CcatStageWorkflow]
+CCAT_WORKFLOWS: list[type] = [
+    CcatPackageWorkflow,
+    CcatTransferWorkflow,
+    CcatDeletionWorkflow,
+    CcatStageWorkflow,
+]

@@ -1,0 +1,190 @@
+"""The CCAT flow end to end on the real stack: Temporal, moto S3 archives, rsync between
+buffer folders, one real worker process per site (``unembargo worker --location ...``).
+
+Four observations are filed at the telescope SOURCE and packaged into two bundles, sent
+round-robin to the two archive sites. On the way the telescope's worker is SIGKILLed as
+the first transfer starts, and a byte of the transfer after it is flipped on arrival. It
+must end with every package in both archive buckets, its bytes' sha256 the package's, a
+metadata sidecar beside it, the PhysicalCopy rows saying exactly what is on each disk and
+bucket, and the SOURCE and BUFFER copies deleted only after both archives had theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import boto3
+import pytest
+from pydantic import SecretStr
+from sqlmodel import Session, select
+from temporalio.client import Client
+
+from support import WorkerProcess, poll_until
+from unembargo.client.ccat import file_observation, package_view, start_package
+from unembargo.devstack import temporal
+from unembargo.devstack.ccat_sites import CcatSites, add_sites, make_buckets
+from unembargo.models import ccat as c
+from unembargo.models.ccat_tables import CopyState, PhysicalCopy, RawDataPackage
+from unembargo.models.locations import StorageType, get_location
+from unembargo.models.settings import Settings
+from unembargo.models.tables import Effect, connect
+
+OBSERVATIONS = 4
+FILE_SIZE = 64 * 1024
+# Two packages (three files each, plus tar headers) fit in a bundle, a third would not.
+BUNDLE_LIMIT = 2 * 3 * FILE_SIZE + FILE_SIZE
+POLICY = c.CcatPolicy(heartbeat_s=5, bundle_wait_s=10)
+RESULT_TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+async def ccat(
+    stack_up: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Settings, Client]]:
+    """The stack's Temporal and S3 with a database, namespace and workflow queue of this module's."""
+    root = tmp_path_factory.mktemp("ccat")
+    tag = uuid.uuid4().hex[:8]
+    own = stack_up.model_copy(
+        update={
+            "state_dir": root / "state",
+            "database_url": SecretStr(f"sqlite:///{root / 'ccat.db'}"),
+            "workflow_task_queue": f"ccat-workflows-{tag}",
+            "temporal_namespace": f"test-ccat-{tag}",
+        }
+    )
+    await temporal.ensure_namespace(await Client.connect(own.temporal_address), own.temporal_namespace)
+    yield own, await Client.connect(own.temporal_address, namespace=own.temporal_namespace)
+
+
+def observe(sites: CcatSites, session: Session, obs: str) -> None:
+    folder = sites.root / sites.source / obs
+    folder.mkdir(parents=True)
+    paths = [folder / f"{obs}_{module}.fits" for module in ("m1", "m2", "m3")]
+    for path in paths:
+        path.write_bytes(hashlib.sha256(path.name.encode()).digest() * (FILE_SIZE // 32))
+    file_observation(session, sites.source, obs, paths, instrument_module="m1-m3")
+
+
+async def test_every_package_reaches_both_archives_verified_through_a_kill_and_a_corrupt_byte(ccat, tmp_path):
+    settings, client = ccat
+    engine = connect(settings.database_url.get_secret_value())
+    tag = uuid.uuid4().hex[:6]
+    with Session(engine) as s:
+        sites = add_sites(s, tmp_path / "sites", tag=tag, s3_endpoint=settings.s3_endpoint_url)
+    assert settings.s3_endpoint_url is not None
+    make_buckets(sites, settings.s3_endpoint_url)
+    telescope = [sites.source, *sites.buffers]
+    env = {
+        "UNEMBARGO_CCAT_BUNDLE_LIMIT_BYTES": str(BUNDLE_LIMIT),
+        "UNEMBARGO_CRASH_MARKERS": str(tmp_path),
+    }
+    faults = {"UNEMBARGO_CRASH_AT": "ccat_transfer:acting", "UNEMBARGO_CORRUPT_AT": "transfer"}
+    workers = [
+        WorkerProcess(settings, telescope, {**env, **faults}),
+        *(
+            WorkerProcess(settings, [a.buffer, a.archive, *([sites.processing] if i == 0 else [])], env)
+            for i, a in enumerate(sites.archives)
+        ),
+    ]
+    packages = [f"obs-{tag}-{i}" for i in range(OBSERVATIONS)]
+    try:
+        ids = []
+        with Session(engine) as s:
+            for obs in packages:
+                observe(sites, s, obs)
+                ids.append(
+                    (await start_package(client, s, settings.workflow_task_queue, obs, sites.source, POLICY))[
+                        0
+                    ]
+                )
+        killed = workers[0]
+        await poll_until(
+            lambda: not killed.alive(), timeout=60, what="the telescope worker's kill in transfer"
+        )
+        assert killed.proc.returncode == -signal.SIGKILL, killed.output()[-3000:]
+        workers.append(WorkerProcess(settings, telescope, {**env, **faults}))
+        for wid in ids:
+            await asyncio.wait_for(client.get_workflow_handle(wid).result(), RESULT_TIMEOUT)
+        with Session(engine) as s:
+            bundles = sorted({r.transfer for r in s.exec(select(RawDataPackage)).all() if r.transfer})
+        results = []
+        for b in bundles:
+            handle = client.get_workflow_handle(c.transfer_workflow_id(b), result_type=c.TransferResult)
+            results.append(await asyncio.wait_for(handle.result(), RESULT_TIMEOUT))
+    finally:
+        for w in workers:
+            w.stop()
+
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "ccat_transfer-acting",
+        "corrupt-transfer",
+    ]
+    assert {r.destination for r in results} == {a.site for a in sites.archives}, "not round-robin"
+    assert sum(r.packages for r in results) == OBSERVATIONS and not any(r.refused for r in results)
+    assert await _mismatch_seen(client, bundles), "the corrupt arrival was not named ChecksumMismatch"
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    with Session(engine) as s:
+        for obs in packages:
+            view = package_view(s, obs)
+            assert view is not None and view.state == "archived"
+            assert view.verified_archives == sorted(a.site for a in sites.archives)
+            for a in sites.archives:
+                key = f"ccat/{c.package_relpath(obs)}"
+                body = s3.get_object(Bucket=a.where, Key=key)["Body"].read()
+                assert hashlib.sha256(body).hexdigest() == view.checksum
+                sidecar = s3.get_object(Bucket=a.where, Key=key + c.SIDECAR_SUFFIX)["Body"].read()
+                assert view.checksum in sidecar.decode()
+        _rows_match_reality(s, sites, s3)
+        _deleted_only_after_both_archives(s, packages, sites)
+
+
+async def _mismatch_seen(client: Client, bundles: list[str]) -> bool:
+    for name in bundles:
+        async for event in client.get_workflow_handle(c.transfer_workflow_id(name)).fetch_history_events():
+            # Retries are not events: the attempt that ran last records why the one before failed.
+            if event.HasField("activity_task_started_event_attributes"):
+                failure = event.activity_task_started_event_attributes.last_failure
+                if failure.application_failure_info.type == c.CHECKSUM_MISMATCH:
+                    return True
+    return False
+
+
+def _rows_match_reality(s: Session, sites: CcatSites, s3: object) -> None:
+    """Every copy row that is not DELETED has its bytes there, of its size; a DELETED one has none;
+    and every package tar on a buffer disk has a row."""
+    for row in s.exec(select(PhysicalCopy)).all():
+        loc = get_location(s, row.location)
+        if loc.storage == StorageType.S3:
+            listed = s3.list_objects_v2(Bucket=loc.bucket, Prefix=f"{loc.prefix}{row.relpath}")  # type: ignore[attr-defined]
+            sizes = [
+                o["Size"] for o in listed.get("Contents", []) if o["Key"] == f"{loc.prefix}{row.relpath}"
+            ]
+        else:
+            path = Path(loc.path or "") / row.relpath
+            sizes = [path.stat().st_size] if path.is_file() else []
+        if row.state == CopyState.DELETED:
+            assert sizes == [], f"{row.kind} {row.unit} at {row.location} is DELETED but still there"
+        else:
+            assert sizes == [row.size] and row.verified, f"{row.kind} {row.unit} at {row.location}: {sizes}"
+            assert loc.type == "long_term_archive", f"{row.kind} {row.unit} left at {row.location}"
+    for buffer in [*sites.buffers, *(a.buffer for a in sites.archives)]:
+        leftovers = [p for p in (sites.root / buffer).rglob("*") if p.is_file()]
+        assert leftovers == [], f"{buffer} still holds {leftovers}"
+    assert not [p for p in (sites.root / sites.source).rglob("*") if p.is_file()]
+
+
+def _deleted_only_after_both_archives(s: Session, packages: list[str], sites: CcatSites) -> None:
+    """From the side-effect ledger: each package's source files and buffer copies were deleted
+    after its last archive copy was put, and each side effect ran once (the kill came first)."""
+    rows = s.exec(select(Effect)).all()
+    for obs in packages:
+        puts = [e.at for e in rows if e.obs_id == obs and e.action.startswith("put ")]
+        deletes = [e.at for e in rows if e.obs_id == obs and e.action.startswith("delete ")]
+        assert len(puts) == len(sites.archives), (obs, puts)
+        assert len(deletes) == 3 + 2, (obs, deletes)  # three files, two buffer copies
+        assert min(deletes) > max(puts), f"{obs} deleted before both archives had it"
