@@ -8,6 +8,7 @@ half-way leaves the previous state and runs again from it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -67,9 +68,18 @@ def header_of(session: Session, diskfile: FitsDiskFile) -> FitsHeader | None:
 
 
 def ingest(
-    session: Session, name: str, location: str, path: Path, force: bool = False, force_md5: bool = False
+    session: Session,
+    name: str,
+    location: str,
+    path: Path,
+    force: bool = False,
+    force_md5: bool = False,
+    before: Callable[[str], None] | None = None,
 ) -> IngestReceipt:
-    """Ingest ``path`` (``name`` at ``location``) unless its current diskfile says it is unchanged."""
+    """Ingest ``path`` (``name`` at ``location``) unless its current diskfile says it is unchanged.
+
+    ``before`` hears the outcome (ingested, reingested) just before it is written.
+    """
     stat = path.stat()
     lastmod = datetime.fromtimestamp(stat.st_mtime, UTC)
     now = current(session, name, location)
@@ -83,6 +93,9 @@ def ingest(
             header.instrument if header else None, header.observation_type if header else None,
         )  # fmt: skip
     md5 = md5 or md5_of(path)
+    outcome = INGESTED if now is None else REINGESTED
+    if before is not None:
+        before(outcome)
     verdict = fits_check.check(path)
     values = fits_check.headers(path) if verdict.ok else fits_check.HeaderValues()
     file = file_row(session, name, create=True)
@@ -100,7 +113,6 @@ def ingest(
     assert disk.id is not None
     session.add(FitsHeader(diskfile_id=disk.id, **values.__dict__))
     session.commit()
-    outcome = INGESTED if now is None else REINGESTED
     return IngestReceipt(outcome, md5, stat.st_size, verdict.ok, values.instrument, values.observation_type)
 
 

@@ -122,6 +122,8 @@ class S3Store:
             head = self._call(self.s3.head_object, Bucket=self.bucket, Key=self.prefix + key)
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                # A HEAD's 404 does not say whether the key or the bucket is missing.
+                self._call(self.s3.head_bucket, Bucket=self.bucket)
                 return None
             raise
         meta = head.get("Metadata", {})
@@ -164,6 +166,6 @@ class S3Store:
             code = str(err.response.get("Error", {}).get("Code", ""))
             if code.startswith("5") or code in ("ServiceUnavailable", "SlowDown", "InternalError"):
                 raise DestinationUnavailable(f"{self.name}: {code}") from None
-            if code == "NoSuchBucket":
+            if code == "NoSuchBucket" or (code == "404" and fn == self.s3.head_bucket):
                 raise DestinationUnavailable(f"{self.name}: bucket {self.bucket!r} does not exist") from None
             raise

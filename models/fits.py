@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from unembargo.models.fits_flow import SETTLING
+from unembargo.models.fits_flow import SETTLING, FitsPolicy
 from unembargo.models.locations import DataLocation  # noqa: F401 - the foreign keys' table
 
 
@@ -165,3 +165,9 @@ class FitsSettings(BaseSettings):
     backoff_initial_s: float = 5.0
     backoff_max_s: float = 600.0
     calibration_window_days: float = 30.0
+    # A worker killed mid-step is noticed after this long without a heartbeat.
+    heartbeat_s: float = 30.0
+
+    def policy(self) -> FitsPolicy:
+        """The file workflows' policy these settings ask for."""
+        return FitsPolicy(heartbeat_s=self.heartbeat_s, calibration_window_days=self.calibration_window_days)

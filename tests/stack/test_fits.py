@@ -1,0 +1,276 @@
+"""The FITS flow end to end on the real stack: Temporal, moto S3 and a real worker process.
+
+A night of real FITS files (GMOS-N with extensions and NIRI; bias, flat, dark and science
+frames) is written onto a DHS folder with a corrupt file, a temporary name and a text file
+beside them. `unembargo fits watch`'s poller copies each valid file to the dataflow disk
+with its md5, its workflow ingests the headers, exports it to the archive (an S3 bucket:
+md5 asked first, md5 and size checked after) and to a mirror bucket that does not exist
+at first (a destination down: backed off, visibly, while the archive goes on), ingests
+it at the archive, makes its preview and its calibration associations. The corrupt file
+is reported by name, never copied. A file rewritten on the dataflow disk is re-ingested
+by `requeue` and exported again; nothing is done twice (the side-effect ledger).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import signal
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import fits_samples as fs
+import pytest
+from PIL import Image
+from sqlmodel import Session, select
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from support import WorkerProcess, poll_until
+from unembargo.adapters import fits_db
+from unembargo.adapters.fits_start import file_input, start_file
+from unembargo.adapters.s3 import connect as s3_connect
+from unembargo.client.fits import requeue, select_files, start_watch, status
+from unembargo.models import fits_flow as ff
+from unembargo.models.fits import FitsDiskFile, FitsSeen, FitsSettings
+from unembargo.models.locations import DataLocation, LocationType, StorageType
+from unembargo.models.settings import Settings
+from unembargo.models.tables import Effect, connect, upsert_location
+
+CORRUPT = "N20251231S0099.fits"
+
+
+def _locations(settings: Settings, root: Path, tag: str, mirror: bool = True) -> list[DataLocation]:
+    """DHS and dataflow disks, an archive bucket (created) and a mirror bucket (not yet)."""
+    site, short = f"Gemini North {tag}", f"gn{tag}"
+    s3_connect(settings.s3_endpoint_url).create_bucket(Bucket=f"fits-archive-{tag}")
+    rows = [
+        DataLocation(name=f"dhs-{tag}", site=site, type=LocationType.SOURCE, storage=StorageType.DISK,
+                     path=str(root / "dhs")),
+        DataLocation(name=f"dataflow-{tag}", site=site, type=LocationType.BUFFER, storage=StorageType.DISK,
+                     path=str(root / "dataflow")),
+        DataLocation(name=f"archive-{tag}", site=site, type=LocationType.LONG_TERM_ARCHIVE,
+                     storage=StorageType.S3, endpoint=settings.s3_endpoint_url, bucket=f"fits-archive-{tag}"),
+        DataLocation(name=f"mirror-{tag}", site=site, type=LocationType.LONG_TERM_ARCHIVE,
+                     storage=StorageType.S3, endpoint=settings.s3_endpoint_url, bucket=f"fits-mirror-{tag}"),
+    ][: 4 if mirror else 3]  # fmt: skip
+    for row in rows[:2]:
+        Path(row.path or "").mkdir(parents=True, exist_ok=True)
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        for row in rows:
+            upsert_location(session, row, short_name=short)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Four locations of their own (DHS and dataflow disks, archive and mirror buckets), the
+    FITS settings naming them, and a worker serving them."""
+    tag = uuid.uuid4().hex[:6]
+    root = tmp_path_factory.mktemp("fits")
+    rows = _locations(settings, root, tag)
+    env = {
+        "UNEMBARGO_FITS_DHS": rows[0].name,
+        "UNEMBARGO_FITS_DATAFLOW": rows[1].name,
+        "UNEMBARGO_FITS_DESTINATIONS": f'["{rows[2].name}", "{rows[3].name}"]',
+        "UNEMBARGO_FITS_ARCHIVE": rows[2].name,
+        "UNEMBARGO_FITS_POLL_S": "1",
+        "UNEMBARGO_FITS_MIN_AGE_S": "2",
+        "UNEMBARGO_FITS_BACKOFF_INITIAL_S": "1",
+        "UNEMBARGO_FITS_BACKOFF_MAX_S": "2",
+        "UNEMBARGO_FITS_HEARTBEAT_S": "5",
+    }
+    os.environ.update(env)
+    worker = WorkerProcess(settings, [r.name for r in rows], env=env)
+    try:
+        yield {
+            "rows": rows, "root": root, "s3": s3_connect(settings.s3_endpoint_url), "worker": worker,
+            "engine": connect(settings.database_url.get_secret_value()), "fits": FitsSettings(),
+            "archive_bucket": f"fits-archive-{tag}", "mirror_bucket": f"fits-mirror-{tag}",
+        }  # fmt: skip
+    finally:
+        worker.stop()
+        for key in env:
+            os.environ.pop(key, None)
+
+
+def _ledger(engine: object, names: set[str]) -> Counter[tuple[str, str, str]]:
+    """Side effects per (file, step, action)."""
+    with Session(engine) as session:  # type: ignore[arg-type]
+        rows = session.exec(select(Effect).where(Effect.obs_id.in_(names))).all()  # type: ignore[attr-defined]
+    return Counter((r.obs_id, r.step, r.action) for r in rows)
+
+
+async def _states(client: Client, names: list[str]) -> dict[str, str]:
+    found = {}
+    for name in names:
+        try:
+            desc = await client.get_workflow_handle(ff.fits_workflow_id(name)).describe()
+        except Exception:
+            found[name] = "absent"
+            continue
+        found[name] = desc.status.name.lower() if desc.status else "?"
+    return found
+
+
+async def test_fits_night_from_dhs_to_archive(settings: Settings, client: Client, world: dict) -> None:
+    rows, root, s3, engine, fits = world["rows"], world["root"], world["s3"], world["engine"], world["fits"]
+    dhs, dataflow, archive, mirror = (r.name for r in rows)
+    samples = fs.night()
+    names = [s.name for s in samples]
+    for i, s in enumerate(samples):
+        fs.age(fs.write(root / "dhs" / s.name, s, seed=i), 60)
+    (root / "dhs" / CORRUPT).write_bytes(b"SIMPLE  =                    T" + b"\0" * 3000)
+    fs.age(root / "dhs" / CORRUPT, 60)
+    (root / "dhs" / ".N20251231S0098.fits.part").write_bytes(b"being written")
+    (root / "dhs" / "obslog.txt").write_text("operator notes")
+
+    with Session(engine) as session:
+        assert await start_watch(client, settings, fits, session) == "started"
+
+    def archived_and_previewed() -> bool:
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket=world["archive_bucket"]).get("Contents", [])}
+        return all(n in keys and ff.preview_key(n) in keys for n in names)
+
+    # The archive's chain completes while the mirror is down ...
+    await poll_until(archived_and_previewed, 60, "every file archived and previewed")
+    with Session(engine) as session:
+        during = await status(client, fits, session)
+    assert mirror in during.destinations, during.destinations
+    assert all(state == "running" for state in (await _states(client, names)).values())
+    assert during.steps["export"].waiting, during.steps["export"]
+    # ... and the mirror's exports go through once it is there.
+    s3.create_bucket(Bucket=world["mirror_bucket"])
+
+    async def all_completed() -> bool:
+        return set((await _states(client, names)).values()) == {"completed"}
+
+    await poll_until(all_completed, 60, "every file's workflow completed")
+
+    data = {n: (root / "dhs" / n).read_bytes() for n in names}
+    with Session(engine) as session:
+        for n in names:
+            md5 = hashlib.md5(data[n]).hexdigest()
+            assert (root / "dataflow" / n).read_bytes() == data[n]
+            for bucket in (world["archive_bucket"], world["mirror_bucket"]):
+                head = s3.head_object(Bucket=bucket, Key=n)
+                assert (head["Metadata"]["md5"], head["ContentLength"]) == (md5, len(data[n]))
+            for loc in (dataflow, archive):
+                disk = fits_db.current(session, n, loc)
+                assert disk is not None and disk.md5 == md5 and disk.fits_ok
+        header = fits_db.header_of(session, fits_db.current(session, "N20251231S0003.fits", archive))
+        assert header is not None
+        assert (header.instrument, header.observation_type, header.filter, header.binning) == (
+            "GMOS-N", "OBJECT", "r_G0303", "2x2",
+        )  # fmt: skip
+        assert fits_db.associations(session, "N20251231S0003.fits", archive) == {
+            "BIAS": "N20251231S0001.fits", "FLAT": "N20251231S0002.fits"}  # fmt: skip
+        assert fits_db.associations(session, "N20251231S0007.fits", archive) == {
+            "DARK": "N20251231S0005.fits", "FLAT": "N20251231S0006.fits"}  # fmt: skip
+        seen = session.get(FitsSeen, (dhs, CORRUPT))
+        assert seen is not None and seen.state == ff.INVALID and seen.problem
+    png = s3.get_object(Bucket=world["archive_bucket"], Key=ff.preview_key(names[2]))["Body"].read()
+    assert Image.open(io.BytesIO(png)).size == (fs.SIDE, fs.SIDE)
+    assert not (root / "dataflow" / CORRUPT).exists()
+    with Session(engine) as session:
+        after = await status(client, fits, session)
+    assert after.invalid.keys() == {CORRUPT} and after.destinations == {}
+    assert after.steps["dhs"].waiting == []
+
+    # Rewritten on the dataflow disk: nothing happens until a requeue, which re-ingests it.
+    target = root / "dataflow" / names[2]
+    fs.write(target, fs.Sample(names[2], "GMOS-N", "OBJECT", "i_G0302", 120.0), seed=7)
+    with Session(engine) as session:
+        picked = select_files(session, fits, file_re=r"S0003\.fits$")
+        assert picked == [names[2]]
+        await requeue(client, settings, fits, session, picked)
+    handle = client.get_workflow_handle(ff.fits_workflow_id(names[2]))
+
+    async def reingested() -> bool:
+        if (await handle.describe()).status.name.lower() != "completed":  # type: ignore[union-attr]
+            return False
+        with Session(engine) as session:
+            return len(session.exec(select(FitsDiskFile).where(FitsDiskFile.path == names[2])).all()) == 4
+
+    await poll_until(reingested, 30, "the requeued file re-ingested at dataflow and archive")
+    new_md5 = hashlib.md5(target.read_bytes()).hexdigest()
+    assert s3.head_object(Bucket=world["archive_bucket"], Key=names[2])["Metadata"]["md5"] == new_md5
+
+    # Nothing was done twice: one copy per file, one upload per destination (two for the
+    # rewritten file), one preview per version.
+    ledger = _ledger(engine, set(names) | {CORRUPT})
+    for n in names:
+        again = 2 if n == names[2] else 1
+        assert ledger[(n, "fits_copy", "copy")] == 1
+        assert ledger[(n, "fits_ingest", "ingested")] == 1
+        assert ledger[(n, "fits_ingest", "reingested")] == again - 1
+        assert ledger[(n, "fits_export", f"upload:{archive}")] == again
+        assert ledger[(n, "fits_export", f"upload:{mirror}")] == again
+        assert ledger[(n, "fits_archive_ingest", "ingested")] == 1
+        assert ledger[(n, "fits_preview", "preview")] == again
+    assert not any(k[0] == CORRUPT for k in ledger)
+    assert world["worker"].alive()
+
+
+# Every step, just after its side effect (done, not yet reported), and the copy before it.
+POINTS = ["fits_copy:acting", "fits_copy:acted", "fits_ingest:acted", "fits_export:acted",
+          "fits_archive_ingest:acted", "fits_preview:acted", "fits_calibration:acted"]  # fmt: skip
+
+
+async def test_worker_killed_at_every_step_does_each_thing_once(
+    settings: Settings, client: Client, tmp_path: Path
+) -> None:
+    """Crash safety: two workers armed to SIGKILL themselves at each step's points serve one
+    file; after every kill the survivor takes over (heartbeat timeout) and the killed one is
+    replaced. The file ends archived, previewed and associated with every side effect once."""
+    tag = uuid.uuid4().hex[:6]
+    rows = _locations(settings, tmp_path, tag, mirror=False)
+    # A name of its own: the module's other test has the night's names in flight.
+    name = f"N20251231S{uuid.uuid4().int % 10**6:06d}.fits"
+    fs.write(tmp_path / "dhs" / name, dataclasses.replace(fs.night()[2], name=name))
+    engine = connect(settings.database_url.get_secret_value())
+    with Session(engine) as session:
+        inp = file_input(session, name, rows[0].name, rows[1].name, [rows[2].name], rows[2].name,
+                         policy=ff.FitsPolicy(heartbeat_s=3))  # fmt: skip
+    await start_file(client, settings.workflow_task_queue, inp)
+    handle = client.get_workflow_handle(ff.fits_workflow_id(inp.name))
+    env = {"UNEMBARGO_CRASH_MARKERS": str(tmp_path), "UNEMBARGO_CRASH_AT": ",".join(POINTS)}
+    workers: list[WorkerProcess] = []
+    kills = 0
+
+    async def closed() -> bool:
+        return (await handle.describe()).status != WorkflowExecutionStatus.RUNNING
+
+    async def ended() -> bool:
+        return any(not w.alive() for w in workers) or await closed()
+
+    try:
+        while not await closed():
+            for dead in [w for w in workers if not w.alive()]:
+                workers.remove(dead)
+                assert dead.proc.returncode == -signal.SIGKILL, dead.output()[-3000:]
+                kills += 1
+            assert kills <= len(POINTS)
+            workers += [WorkerProcess(settings, [r.name for r in rows], env) for _ in range(2 - len(workers))]
+            await poll_until(ended, timeout=60, what="a kill or the end of the workflow")
+    finally:
+        for w in workers:
+            w.stop()
+    kills += sum(1 for w in workers if w.proc.returncode == -signal.SIGKILL)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    assert sorted(
+        p.name for p in tmp_path.iterdir() if "-" in p.name and p.name.startswith("fits_")
+    ) == sorted(p.replace(":", "-") for p in POINTS)
+    assert kills == len(POINTS)
+    ledger = _ledger(engine, {inp.name})
+    assert ledger == Counter(
+        {(inp.name, "fits_copy", "copy"): 1, (inp.name, "fits_ingest", "ingested"): 1,
+         (inp.name, "fits_export", f"upload:{rows[2].name}"): 1,
+         (inp.name, "fits_archive_ingest", "ingested"): 1, (inp.name, "fits_preview", "preview"): 1}
+    ), ledger  # fmt: skip
+    state = await handle.result()
+    assert state["preview"] == ff.preview_key(inp.name) and state["calibration"] == {  # type: ignore[index]
+        "BIAS": None, "FLAT": None, "DARK": None}  # fmt: skip
