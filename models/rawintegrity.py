@@ -377,19 +377,20 @@ STEP_OF_ACTIVITY = step_of_activity(STEPS)
 
 
 class RawIntegritySettings(BaseSettings):
-    """Where the online storage and the tape location are (``UNEMBARGO_RAWINTEGRITY_*``).
-
-    Paths default to the local stack's, under the main settings' state_dir.
-    """
+    """Which locations and RSE the flow uses (``UNEMBARGO_RAWINTEGRITY_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="UNEMBARGO_RAWINTEGRITY_", extra="ignore")
 
-    # Root of the online storage: a file's online path is <online_root>/<lfn>.
-    online_root: Path | None = None
-    # Root of the tape front end (adapters/tape.py): its disk cache and its tape.
-    tape_root: Path | None = None
+    # Data locations (``unembargo locations add``): the online storage (a disk SOURCE), the tape
+    # (a TAPE LONG_TERM_ARCHIVE) and the Rucio catalogue; a file's path is <location path>/<lfn>.
+    online_location: str = "raw-online"
+    tape_location: str = "raw-tape"
+    catalogue_location: str | None = None  # None: the preferred location serving registration
     # The Rucio RSE of the tape location.
     rse: str = "UNEMBARGO_TAPE"
+    # The local stack's roots of those two locations (its tape service migrates under tape_root).
+    online_root: Path | None = None
+    tape_root: Path | None = None
 
     def online(self, state_dir: Path) -> Path:
         return self.online_root or state_dir / "rawintegrity" / "online"

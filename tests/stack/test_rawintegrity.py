@@ -1,0 +1,204 @@
+"""The rawintegrity flow end to end on the real stack: a run's raw files written to the online
+location go to the tape location, migrate (the stack's tape service, a second's delay), are
+registered in the real Rucio at a tape RSE in batches, and only then leave the online storage.
+A corrupted tape copy and a file that never migrates end waiting for an operator, online kept.
+
+What only the unit layer proves (tests/unit/test_rawintegrity_workflow.py, time-skipping server):
+a crash before and after each step's side effect, Rucio down, the online system refusing the
+removal, a replica lost between registration and removal, duplicate requests, an operator's
+retry and give_up. Here the real removal activity's own refusal is proven once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
+
+from support import WorkerProcess, effects, poll_until
+from unembargo.activities.context import Resources
+from unembargo.activities.rawintegrity import RawIntegrityActivities
+from unembargo.adapters.tape import LocalTape
+from unembargo.client import rawintegrity as ri
+from unembargo.devstack import tape as migrator
+from unembargo.models import rawintegrity as r
+from unembargo.models.locations import DataLocation, LocationType, StorageType, upsert_location
+from unembargo.models.settings import Settings
+from unembargo.models.tables import connect
+from unembargo.workflows.rawintegrity import RawFileWorkflow
+
+FILES = 100
+SIZE = 2048
+# Fast enough for a test: checks after 0.5 s growing to 2 s; a file not on tape in 15 s is
+# reported; two bad copies (not three) before an operator is asked.
+POLICY = r.RawPolicy(
+    max_transfers=2, migration_first_s=0.5, migration_backoff=1.5, migration_max_interval_s=2.0,
+    migration_limit_s=15.0, register_reply_s=30.0, heartbeat_s=10.0,
+)  # fmt: skip
+
+
+@dataclass
+class Raw:
+    settings: Settings
+    config: r.RawIntegritySettings
+    online: Path
+    tape: Path
+    run: str
+    worker: WorkerProcess
+
+
+@pytest.fixture(scope="module")
+def raw(module_settings: Settings, rucio: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Raw]:
+    """Locations (online disk, tape, catalogue) of the module's own, a tape RSE, the tape service
+    migrating after 1 s (never-migrating and corrupting patterns), and a worker serving them."""
+    settings = module_settings
+    tag = uuid.uuid4().hex[:6]
+    root = tmp_path_factory.mktemp("rawintegrity")
+    online, tape = root / "online", root / "tape"
+    online.mkdir()
+    tape.mkdir()
+    config = r.RawIntegritySettings(
+        online_location=f"raw-online-{tag}", tape_location=f"raw-tape-{tag}",
+        catalogue_location=f"raw-cat-{tag}", rse=f"TAPE_{tag.upper()}",
+    )  # fmt: skip
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        site = f"rawsite-{tag}"
+        for loc in (
+            DataLocation(name=config.online_location, site=site, type=LocationType.SOURCE,
+                         storage=StorageType.DISK, path=str(online)),
+            DataLocation(name=config.tape_location, site=site, type=LocationType.LONG_TERM_ARCHIVE,
+                         storage=StorageType.TAPE, path=str(tape)),
+            DataLocation(name=config.catalogue_location or "", site=site, type=LocationType.CATALOGUE,
+                         storage=StorageType.SERVICE, endpoint=settings.rucio_host),
+        ):  # fmt: skip
+            upsert_location(session, loc, short_name=f"r{tag}")
+    rucio.add_rse(config.rse, deterministic=True, rse_type="TAPE")  # type: ignore[attr-defined]
+    migrator.write_config(tape, migrator.Migration(delay_s=1.0, never=["*/never_*"], corrupt=["*/bad_*"]))
+    service = subprocess.Popen(
+        [sys.executable, "-m", "unembargo.devstack.tape", str(tape)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    env = {f"UNEMBARGO_RAWINTEGRITY_{k.upper()}": str(v) for k, v in config.model_dump().items() if v}
+    os.environ.update(env)
+    locations = [config.online_location, config.tape_location, config.catalogue_location or ""]
+    worker = WorkerProcess(settings, locations, env=env)
+    try:
+        yield Raw(settings, config, online, tape, f"LHCb/2026/RAW/run{tag}", worker)
+    finally:
+        worker.stop()
+        service.terminate()
+        service.wait(10)
+        for key in env:
+            os.environ.pop(key, None)
+
+
+def write_run(raw: Raw) -> dict[str, tuple[int, str]]:
+    """FILES small raw files of one run, plus a corrupting and a never-migrating one."""
+    written = {}
+    names = [f"{raw.run}/run_{i:04d}.raw" for i in range(FILES)] + [
+        f"{raw.run}/bad_0001.raw",
+        f"{raw.run}/never_0001.raw",
+    ]
+    for i, lfn in enumerate(names):
+        data = os.urandom(SIZE - i % 7)
+        path = raw.online / lfn
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        written[lfn] = (len(data), f"{zlib.adler32(data):08x}")
+    return written
+
+
+async def test_a_run_goes_to_tape_and_leaves_online_only_when_verified(raw: Raw, rucio: object) -> None:
+    """Every good file ends Done: registered in Rucio at the tape RSE with its size and adler32, on
+    tape with that checksum, gone from online; each registered and removed exactly once. The bad
+    copy and the never-migrating file wait for an operator with their evidence, online kept."""
+    settings = raw.settings
+    written = write_run(raw)
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        lfns = ri.online_lfns(session, raw.config, raw.run)
+        where = ri.route(session, raw.config)
+    assert sorted(lfns) == sorted(written)
+    assert await ri.put(client, settings, where, lfns, POLICY) == Counter(started=FILES + 2)
+    good = [lfn for lfn in lfns if "/run_" in lfn]
+    bad, never = f"{raw.run}/bad_0001.raw", f"{raw.run}/never_0001.raw"
+
+    for lfn in good:
+        handle = client.get_workflow_handle(r.file_workflow_id(lfn), result_type=r.RawFileState)
+        got = await handle.result(rpc_timeout=timedelta(seconds=60))
+        assert got.state == r.State.DONE, got
+
+    async def operators() -> bool:
+        found = await ri.status(client, raw.run)
+        return len(found.operator) == 2
+
+    await poll_until(operators, 60, "the bad and the never-migrating file to wait for an operator")
+
+    tape = LocalTape(raw.tape)
+    replicas = {
+        e["name"]: e
+        for e in rucio.list_replicas(  # type: ignore[attr-defined]
+            [{"scope": settings.rucio_scope, "name": n} for n in lfns], all_states=True
+        )
+    }
+    for lfn in good:
+        size, adler = written[lfn]
+        entry = replicas[lfn]
+        assert (entry["bytes"], entry["adler32"]) == (size, adler), lfn
+        assert entry["states"] == {raw.config.rse: "AVAILABLE"}, lfn
+        copy = tape.tape_checksum(lfn)
+        assert copy is not None and (copy.size, copy.adler32) == (size, adler), lfn
+        assert not (raw.online / lfn).exists(), lfn
+    ledger = effects(settings, set(good))
+    assert {(lfn, "register", "add_replica") for lfn in good} <= set(ledger)
+    assert all(n == 1 for (_, step, _), n in ledger.items() if step in ("register", "remove_online"))
+
+    # The bad file: each of its two tape copies was bad and removed; the never-migrating one sits
+    # in the cache. Both are still online and in no catalogue.
+    for lfn, reason in ((bad, "TapeChecksumMismatch"), (never, "NeverMigrated")):
+        state = await client.get_workflow_handle(r.file_workflow_id(lfn)).query(RawFileWorkflow.state)
+        assert state.step == r.WAITING_OPERATOR and state.operator and state.operator.startswith(reason), (
+            state
+        )
+        assert (raw.online / lfn).exists() and lfn not in replicas
+    bad_state = await client.get_workflow_handle(r.file_workflow_id(bad)).query(RawFileWorkflow.state)
+    assert len(bad_state.mismatches) == 2 and not tape.is_migrated(bad)
+    assert tape.in_cache(never) == written[never]
+
+    found = await ri.status(client, raw.run)
+    assert found.by_state.get(r.State.DONE) == FILES and found.waiting_files == 2
+    assert found.waiting_bytes == written[bad][0] + written[never][0]
+
+    # A second put of the run starts nothing new: Done files are not put again.
+    again = await ri.put(client, settings, where, lfns, POLICY)
+    assert again == Counter(done=FILES, started=2)
+
+    # The real removal refuses, at the moment of removing, a file tape does not hold verified.
+    acts = RawIntegrityActivities(Resources(settings), client)
+    inp = r.RemoveOnlineInput(
+        never, raw.config.online_location, raw.config.tape_location, *written[never], raw.config.rse
+    )
+    with pytest.raises(r.RemovalUnsafe, match="no tape copy"):
+        ActivityEnvironment().run(acts.remove_online, inp)
+    assert (raw.online / never).exists()
+
+    # The operator gives up on the never-migrating file: Failed, the online copy kept.
+    await ri.decide(client, never, r.GIVE_UP)
+    await poll_until(lambda: _failed(client, raw.run), 30, "the given-up file to be Failed")
+    assert (raw.online / never).exists()
+
+
+async def _failed(client: Client, run: str) -> bool:
+    return (await ri.status(client, run)).by_state.get(r.State.FAILED) == 1
