@@ -47,6 +47,7 @@ from unembargo.models.rawintegrity import (
     TapeReceipt,
     batch_workflow_id,
 )
+from unembargo.models.settings import Settings
 
 # The flow's metrics (OpenTelemetry; exported by whatever meter provider the process installs).
 _meter = metrics.get_meter("unembargo.rawintegrity")
@@ -78,6 +79,22 @@ ERRORS = _meter.create_counter(
 )
 
 
+def export_metrics(settings: Settings) -> bool:
+    """Send this process's metrics over OTLP/HTTP to ``otel_endpoint`` (every 30 s), once per
+    process; False (metrics stay in-process, no-ops) when no endpoint is set or a provider exists."""
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    if not settings.otel_endpoint or isinstance(metrics.get_meter_provider(), MeterProvider):
+        return False
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    endpoint = settings.otel_endpoint.rstrip("/").removesuffix("/v1/traces")
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"), 30_000)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return True
+
+
 def _lfn_unit(lfn: str) -> Exposure:
     """The ledger keys rows by a unit's name; a raw file's is its LFN."""
     return Exposure("rawintegrity", 0, lfn, 0)
@@ -89,6 +106,7 @@ class RawIntegrityActivities:
     def __init__(self, resources: Resources, client: Client) -> None:
         self.resources = resources
         self.client = client
+        export_metrics(resources.settings)
 
     def _root(self, location: str) -> Path:
         """The mount point of a DISK or TAPE location, from the location table."""
