@@ -1,12 +1,13 @@
 """The CCAT flow end to end on the real stack: Temporal, moto S3 archives, rsync between
 buffer folders, one real worker process per site (``unembargo worker --location ...``).
 
-Four observations are filed at the telescope SOURCE and packaged into two bundles, sent
-round-robin to the two archive sites. On the way the telescope's worker is SIGKILLed as
-the first transfer starts, and a byte of the transfer after it is flipped on arrival. It
-must end with every package in both archive buckets, its bytes' sha256 the package's, a
-metadata sidecar beside it, the PhysicalCopy rows saying exactly what is on each disk and
-bucket, and the SOURCE and BUFFER copies deleted only after both archives had theirs.
+Four observations are filed at the telescope SOURCE and packaged into bundles, sent
+round-robin to the two archive sites. On the way a worker is SIGKILLed once in each of tar,
+transfer, unpack and delete, a byte of a transfer is flipped on arrival, and the second
+archive's S3 refuses connections for its first LTA_DOWN_S seconds. It must end with every
+package in both archive buckets, its bytes' sha256 the package's, a metadata sidecar beside
+it, the PhysicalCopy rows saying exactly what is on each disk and bucket, and the SOURCE and
+BUFFER copies deleted only after both archives had theirs.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ from pathlib import Path
 import boto3
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio.client import Client
 
 from support import WorkerProcess, poll_until
+from tcp_proxy import TcpProxy
 from unembargo.client.ccat import file_observation, package_view, start_package
 from unembargo.devstack import temporal
 from unembargo.devstack.ccat_sites import CcatSites, add_sites, make_buckets
 from unembargo.models import ccat as c
 from unembargo.models.ccat_tables import CopyState, PhysicalCopy, RawDataPackage
 from unembargo.models.locations import StorageType, get_location
-from unembargo.models.settings import Settings
+from unembargo.models.settings import Settings, host_port
 from unembargo.models.tables import Effect, connect
 
 OBSERVATIONS = 4
@@ -70,44 +73,88 @@ def observe(sites: CcatSites, session: Session, obs: str) -> None:
     file_observation(session, sites.source, obs, paths, instrument_module="m1-m3")
 
 
-async def test_every_package_reaches_both_archives_verified_through_a_kill_and_a_corrupt_byte(ccat, tmp_path):
+# A worker is SIGKILLed once at each: a tar installed but not recorded, a transfer starting,
+# an unpack starting, a deletion marked in progress with its bytes still there.
+POINTS = ["ccat_package:acted", "ccat_transfer:acting", "ccat_unpack:acting", "ccat_delete:acting"]
+# The second archive site's endpoint refuses connections until this long after the first
+# attempt to put a package there.
+LTA_DOWN_S = 15
+
+
+class Workers:
+    """One worker process per site, each replaced by a new one when it is killed."""
+
+    def __init__(self, settings: Settings, specs: list[tuple[list[str], dict[str, str]]]) -> None:
+        self.settings, self.specs = settings, specs
+        self.procs = [WorkerProcess(settings, locs, env) for locs, env in specs]
+        self.kills = 0
+
+    def replace_dead(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if not proc.alive():
+                assert proc.proc.returncode == -signal.SIGKILL, proc.output()[-3000:]
+                self.kills += 1
+                self.procs[i] = WorkerProcess(self.settings, *self.specs[i])
+
+    async def until(self, done: asyncio.Future[object]) -> None:
+        while not done.done():
+            self.replace_dead()
+            await asyncio.sleep(0.25)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+async def test_every_package_reaches_both_archives_verified_through_kills_a_corrupt_byte_and_an_outage(
+    ccat, tmp_path
+):
+    """End to end, with the faults of the issue: a worker SIGKILLed in tar, transfer, unpack and
+    delete; a byte flipped in transit (ChecksumMismatch, sent again); an archive site's S3
+    refusing connections for a while. Nothing is lost, nothing is archived unverified."""
     settings, client = ccat
     engine = connect(settings.database_url.get_secret_value())
     tag = uuid.uuid4().hex[:6]
+    assert settings.s3_endpoint_url is not None
+    proxy = TcpProxy(host_port(settings.s3_endpoint_url))
     with Session(engine) as s:
         sites = add_sites(s, tmp_path / "sites", tag=tag, s3_endpoint=settings.s3_endpoint_url)
-    assert settings.s3_endpoint_url is not None
+        down = get_location(s, sites.archives[1].archive)
+        down.endpoint = proxy.url
+        s.add(down)
+        s.commit()
     make_buckets(sites, settings.s3_endpoint_url)
-    telescope = [sites.source, *sites.buffers]
+    markers = tmp_path / "markers"
+    markers.mkdir()
     env = {
         "UNEMBARGO_CCAT_BUNDLE_LIMIT_BYTES": str(BUNDLE_LIMIT),
-        "UNEMBARGO_CRASH_MARKERS": str(tmp_path),
+        "UNEMBARGO_CRASH_MARKERS": str(markers),
+        "UNEMBARGO_CRASH_AT": ",".join(POINTS),
+        "UNEMBARGO_CORRUPT_AT": "transfer",
     }
-    faults = {"UNEMBARGO_CRASH_AT": "ccat_transfer:acting", "UNEMBARGO_CORRUPT_AT": "transfer"}
-    workers = [
-        WorkerProcess(settings, telescope, {**env, **faults}),
-        *(
-            WorkerProcess(settings, [a.buffer, a.archive, *([sites.processing] if i == 0 else [])], env)
-            for i, a in enumerate(sites.archives)
-        ),
-    ]
+    first, second = sites.archives
+    workers = Workers(
+        settings,
+        [
+            ([sites.source, *sites.buffers], env),
+            ([first.buffer, first.archive, sites.processing], env),
+            ([second.buffer, second.archive], env),
+        ],
+    )
     packages = [f"obs-{tag}-{i}" for i in range(OBSERVATIONS)]
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[object] = loop.create_future()
+    keeper = asyncio.create_task(workers.until(done))
+    outage = asyncio.create_task(_outage(engine, proxy, f"put {sites.archives[1].archive}"))
     try:
         ids = []
         with Session(engine) as s:
             for obs in packages:
                 observe(sites, s, obs)
-                ids.append(
-                    (await start_package(client, s, settings.workflow_task_queue, obs, sites.source, POLICY))[
-                        0
-                    ]
+                wid, _ = await start_package(
+                    client, s, settings.workflow_task_queue, obs, sites.source, POLICY
                 )
-        killed = workers[0]
-        await poll_until(
-            lambda: not killed.alive(), timeout=60, what="the telescope worker's kill in transfer"
-        )
-        assert killed.proc.returncode == -signal.SIGKILL, killed.output()[-3000:]
-        workers.append(WorkerProcess(settings, telescope, {**env, **faults}))
+                ids.append(wid)
         for wid in ids:
             await asyncio.wait_for(client.get_workflow_handle(wid).result(), RESULT_TIMEOUT)
         with Session(engine) as s:
@@ -117,13 +164,19 @@ async def test_every_package_reaches_both_archives_verified_through_a_kill_and_a
             handle = client.get_workflow_handle(c.transfer_workflow_id(b), result_type=c.TransferResult)
             results.append(await asyncio.wait_for(handle.result(), RESULT_TIMEOUT))
     finally:
-        for w in workers:
-            w.stop()
+        done.set_result(None)
+        await keeper
+        outage.cancel()
+        workers.stop()
+        proxy.refuse()
 
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
-        "ccat_transfer-acting",
-        "corrupt-transfer",
-    ]
+    assert sorted(p.name for p in markers.iterdir()) == sorted(
+        [p.replace(":", "-") for p in POINTS] + ["corrupt-transfer"]
+    )
+    assert workers.kills == len(POINTS)
+    with Session(engine) as s:
+        tries = [e for e in s.exec(select(Effect)).all() if e.action == f"put {second.archive}"]
+    assert len(tries) > OBSERVATIONS, "the archive that was down was never found down"
     assert {r.destination for r in results} == {a.site for a in sites.archives}, "not round-robin"
     assert sum(r.packages for r in results) == OBSERVATIONS and not any(r.refused for r in results)
     assert await _mismatch_seen(client, bundles), "the corrupt arrival was not named ChecksumMismatch"
@@ -141,6 +194,18 @@ async def test_every_package_reaches_both_archives_verified_through_a_kill_and_a
                 assert view.checksum in sidecar.decode()
         _rows_match_reality(s, sites, s3)
         _deleted_only_after_both_archives(s, packages, sites)
+
+
+async def _outage(engine: Engine, proxy: TcpProxy, put: str) -> None:
+    """Keep the archive down (the proxy not listening) until LTA_DOWN_S after the first put there."""
+
+    def tried() -> bool:
+        with Session(engine) as s:
+            return s.exec(select(Effect).where(Effect.action == put)).first() is not None
+
+    await poll_until(tried, timeout=RESULT_TIMEOUT, what=f"a {put}")
+    await asyncio.sleep(LTA_DOWN_S)
+    proxy.start()
 
 
 async def _mismatch_seen(client: Client, bundles: list[str]) -> bool:
@@ -180,11 +245,13 @@ def _rows_match_reality(s: Session, sites: CcatSites, s3: object) -> None:
 
 def _deleted_only_after_both_archives(s: Session, packages: list[str], sites: CcatSites) -> None:
     """From the side-effect ledger: each package's source files and buffer copies were deleted
-    after its last archive copy was put, and each side effect ran once (the kill came first)."""
+    after its last archive copy was put, each deletion once (the kill came before it acted)."""
     rows = s.exec(select(Effect)).all()
     for obs in packages:
         puts = [e.at for e in rows if e.obs_id == obs and e.action.startswith("put ")]
         deletes = [e.at for e in rows if e.obs_id == obs and e.action.startswith("delete ")]
-        assert len(puts) == len(sites.archives), (obs, puts)
+        # Puts to the archive that was down were tried again: count where, not how often.
+        targets = {e.action for e in rows if e.obs_id == obs and e.action.startswith("put ")}
+        assert len(targets) == len(sites.archives), (obs, targets)
         assert len(deletes) == 3 + 2, (obs, deletes)  # three files, two buffer copies
         assert min(deletes) > max(puts), f"{obs} deleted before both archives had it"
