@@ -2,8 +2,9 @@
 
 One server per test module (``env``), so a workflow one module leaves running (its pending
 activity holds the server's clock) cannot stop time skipping for the next; each test gets a
-task queue of its own (``queue``) and runs its workers with ``async with Worker(...)``. Timers skip ahead while the test awaits
-a result, so a workflow that waits hours for raws finishes in milliseconds.
+task queue of its own (``queue``) and runs its workers with ``async with Worker(...)``.
+Timers skip ahead while the test awaits a result, so a workflow that waits hours for raws
+finishes in milliseconds.
 """
 
 from __future__ import annotations
