@@ -7,6 +7,8 @@ then the ``state`` query while it runs) and a day's listing (the same reading fr
 execution alone; the test server has no visibility list, so a description stands in for
 the listed execution: it is one). The missing-sensor count of an incomplete arrival is
 read from the workflow's own failure message, so a change of that message fails here.
+`unembargo status OBS_ID` of an exposure still arriving shows its arrival (no unembargo
+workflow yet), and the day view lists arrivals that have no unembargo workflow.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from unembargo.client.status import arrival_run, arrival_status, with_embargo_ends
+from unembargo.cli import status as cli_status
+from unembargo.client.status import NoWorkflow, arrival_run, arrival_status, with_embargo_ends
 from unembargo.models import arrival as a
 from unembargo.models import names
 from unembargo.models.reconcile import (
@@ -33,6 +36,7 @@ from unembargo.models.reconcile import (
     ARRIVAL_STARTED,
     NOT_ARRIVED,
 )
+from unembargo.models.settings import Settings
 from unembargo.workflows.arrival import ArrivalWorkflow
 
 INSTRUMENT, DAY = "LSSTCam", 20251231
@@ -155,6 +159,15 @@ async def test_an_arriving_exposure_shows_how_many_sensors_have_their_raw(
         # A day's listing has no query: the state without counts.
         listed = await arrival_run(env.client, await handle.describe())
         assert listed.state == ARRIVAL_ARRIVING and listed.missing is None
+        # `unembargo status OBS_ID`: no unembargo workflow yet, but an arrival: that, not NoWorkflow.
+        settings = Settings(
+            temporal_address=env.client.service_client.config.target_host,
+            temporal_namespace=env.client.namespace,
+        )
+        found, shown = await cli_status._one(settings, INSTRUMENT, exp.obs_id)
+        assert found is None and shown.state == ARRIVAL_ARRIVING and shown.missing == 3
+        with pytest.raises(NoWorkflow):
+            await cli_status._one(settings, INSTRUMENT, new_obs())
         await handle.terminate("test over")
 
 
@@ -217,7 +230,6 @@ async def test_a_started_exposure_and_one_never_heard_of(env: WorkflowEnvironmen
 def test_the_day_view_lists_arrivals_without_an_unembargo_workflow(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from unembargo.cli import status as cli_status
     from unembargo.models.reconcile import ArrivalRun, WorkflowRun
 
     done, waiting = new_obs(), new_obs()
