@@ -235,14 +235,16 @@ class CcatActivities:
                 raise NothingFiled(f"package {inp.package} was not made; run its package step first")
             if pkg.transfer is not None:
                 return BundleReceipt(pkg.transfer)
-            dtp = session.exec(
+            open_ = session.exec(
                 select(DataTransferPackage)
                 .where(
                     DataTransferPackage.buffer == inp.buffer, DataTransferPackage.state == TransferState.OPEN
                 )
                 .order_by(col(DataTransferPackage.seq))
-            ).first()
-            if dtp is None or (dtp.size > 0 and dtp.size + pkg.size > limit):
+            ).all()
+            # The oldest open bundle with room (an empty one takes any package).
+            dtp = next((d for d in open_ if d.size == 0 or d.size + pkg.size <= limit), None)
+            if dtp is None:
                 seq = session.exec(
                     select(func.max(DataTransferPackage.seq)).where(DataTransferPackage.buffer == inp.buffer)
                 ).one()

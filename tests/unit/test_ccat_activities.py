@@ -306,3 +306,16 @@ def test_places_carry_each_operation_queue_of_the_location(world):
     assert p.queue(c.TRANSFER).endswith(f"_{world.sites.buffers[0]}_transfer")
     with pytest.raises(ValueError, match="does not serve"):
         p.queue(c.ARCHIVE_TRANSFER)
+
+
+def test_bundles_take_packages_until_the_limit_then_a_new_one_opens(tmp_path):
+    world = new_world(tmp_path, bundle_limit_bytes=25_000)  # two packages of 10 KiB fit
+    got = []
+    for i in range(5):
+        observe(world, f"obs-{i}")
+        got.append(package(world, f"obs-{i}"))
+    names = [g.transfer for g in got]
+    first, second, third = (c.transfer_name(world.sites.buffers[0], n) for n in (1, 2, 3))
+    assert names == [first, first, second, second, third]
+    # Full: another package like the last would not fit.
+    assert [g.full for g in got] == [False, True, False, True, False]
