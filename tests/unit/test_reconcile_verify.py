@@ -1,23 +1,35 @@
-"""``reconcile --verify``'s yaml check (adapters/butler_inventory.py) on a real SQLite butler,
-no services: the records asked for many exposures at once are exactly the ones the export
-step collects exposure by exposure, the yaml the export step writes matches them, and a
-yaml of another exposure or with a changed record is named with what differs."""
+"""``reconcile --verify``'s record and dataset checks (adapters/butler_inventory.py) on a real
+SQLite butler, no services: the records asked for many exposures at once are exactly the ones
+the export step collects exposure by exposure, the yaml the export step writes matches them,
+and a yaml of another exposure or with a changed record is named with what differs; a zip's
+butler index against the main butler's datasets: ids missing or extra, another run, another
+file."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
-from lsst.daf.butler import Butler
+from lsst.daf.butler import Butler, DatasetRef, DatasetType
+from lsst.daf.butler.datastore.stored_file_info import SerializedStoredFileInfo
+from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import ArtifactIndexInfo, ZipIndex
 
 from unembargo.adapters.butler import collect_records, write_yaml
-from unembargo.adapters.butler_inventory import chunk_records, yaml_differences
+from unembargo.adapters.butler_inventory import (
+    HeldDataset,
+    chunk_records,
+    index_differences,
+    yaml_differences,
+)
+from unembargo.adapters.zipping import zip_index
 from unembargo.devstack import butler_repos, lsstcam
 from unembargo.devstack.seed import _insert_records, exposure_records, plan_exposure
 from unembargo.models.exposure import Exposure
 
 DAY = 20251231
 DETECTORS = lsstcam.DETECTORS[:6]
+RUN = butler_repos.RAW_RUN
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +82,60 @@ def test_the_export_steps_yaml_matches_and_others_are_named(embargo: Butler, tmp
     broken.write_text("data: [unclosed")
     [problem] = yaml_differences(broken, chunk[one.exposure_id], embargo)
     assert problem.startswith("not a readable dimension yaml")
+
+
+def _zip_with_index(embargo: Butler, path: Path, exp: Exposure, detectors: list[int]) -> list[DatasetRef]:
+    """A zip of ``detectors``' raws of ``exp`` with its butler index, as the zip step writes one."""
+    raw = DatasetType(
+        "raw", butler_repos.RAW_DIMENSIONS, butler_repos.RAW_STORAGE_CLASS, universe=embargo.dimensions
+    )
+    refs = [
+        DatasetRef(raw, {"instrument": "LSSTCam", "exposure": exp.exposure_id, "detector": d}, RUN)
+        for d in detectors
+    ]
+    raws = {
+        f"{exp.obs_id}_{d}.fits": ArtifactIndexInfo.from_single(
+            SerializedStoredFileInfo(
+                formatter="unembargo.devstack.formatter.SyntheticRawFormatter", path=f"{exp.obs_id}_{d}.fits",
+                storage_class=butler_repos.RAW_STORAGE_CLASS, component=None, checksum=None, file_size=4,
+            ),
+            ref.id,
+        )
+        for d, ref in zip(detectors, refs, strict=True)
+    }  # fmt: skip
+    index = zip_index(refs, raws)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(ZipIndex.index_name, index.model_dump_json(exclude_unset=False, exclude_defaults=False))
+        for name in raws:
+            zf.writestr(name, b"FITS")
+    return refs
+
+
+def test_the_main_butlers_datasets_against_the_zips_index(embargo: Butler, tmp_path: Path) -> None:
+    exp = exposure(10)
+    path = tmp_path / f"{exp.obs_id}.zip"
+    refs = _zip_with_index(embargo, path, exp, [0, 1, 2])
+    at = str(path.resolve())
+
+    def held(ref: DatasetRef, run: str = RUN, where: str = at) -> tuple[str, HeldDataset]:
+        member = f"{exp.obs_id}_{ref.dataId['detector']}.fits"
+        return str(ref.id), HeldDataset("raw", run, member, where)
+
+    assert index_differences(path, dict(map(held, refs))) == []
+    missing = dict(map(held, refs[1:]))
+    assert index_differences(path, missing) == [
+        f"1 dataset(s) of the zip's index are not in the main butler ({refs[0].id})"
+    ]
+    stray = "0e6b3c1a-0000-4000-8000-000000000000"
+    extra = {**dict(map(held, refs)), stray: held(refs[0])[1]}
+    assert index_differences(path, extra) == [
+        f"the main butler holds 1 dataset(s) of it that the zip's index lacks ({stray})"
+    ]
+    other_run = dict([held(refs[0], run="LSSTCam/raw/other"), *map(held, refs[1:])])
+    assert index_differences(path, other_run) == [
+        f"1 dataset(s) have another type or run in the main butler ({refs[0].id})"
+    ]
+    elsewhere = dict([held(refs[0], where="/elsewhere/x.zip"), *map(held, refs[1:])])
+    assert index_differences(path, elsewhere) == [
+        f"1 dataset(s) of the main butler point at another file (e.g. /elsewhere/x.zip#{exp.obs_id}_0.fits)"
+    ]
