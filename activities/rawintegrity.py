@@ -30,6 +30,7 @@ from unembargo.models.rawintegrity import (
     REGISTER_SIGNAL,
     STEPS,
     BatchInput,
+    BatchPolicy,
     MissingOnline,
     PutInput,
     PutReceipt,
@@ -185,7 +186,7 @@ class RawIntegrityActivities:
             wid = batch_workflow_id(inp.rse)
             await self.client.start_workflow(
                 BATCH_WORKFLOW,
-                BatchInput(inp.rse, inp.queue),
+                BatchInput(inp.rse, inp.queue, BatchPolicy(batch_size=inp.batch_size)),
                 id=wid,
                 task_queue=inp.workflow_queue,
                 start_signal=REGISTER_SIGNAL,

@@ -135,6 +135,8 @@ class RawPolicy:
     migration_limit_s: float = 3 * 24 * 3600.0
     # A registration request the batcher did not answer in this long is sent again.
     register_reply_s: float = 600.0
+    # Files per Rucio call of the batcher this file starts (a running batcher keeps its own).
+    register_batch_size: int = 100
     heartbeat_s: float = 30.0
 
 
@@ -230,6 +232,7 @@ class RequestInput:
     # Queue of the catalogue's registration operation, where the batcher's Rucio calls run.
     queue: str
     workflow_queue: str
+    batch_size: int = 100
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,13 @@ class RawFileWorkflow:
             await self._act(
                 inp,
                 Step.REQUEST,
-                RequestInput(request, inp.rse, inp.queues[Step.REGISTER.value], inp.workflow_queue),
+                RequestInput(
+                    request,
+                    inp.rse,
+                    inp.queues[Step.REGISTER.value],
+                    inp.workflow_queue,
+                    inp.policy.register_batch_size,
+                ),
             )
             self._set_step(Step.REGISTER)
             try:

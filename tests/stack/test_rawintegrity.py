@@ -11,6 +11,7 @@ retry and give_up. Here the real removal activity's own refusal is proven once.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -194,10 +195,22 @@ async def test_a_run_goes_to_tape_and_leaves_online_only_when_verified(raw: Raw,
         ActivityEnvironment().run(acts.remove_online, inp)
     assert (raw.online / never).exists()
 
-    # The operator gives up on the never-migrating file: Failed, the online copy kept.
-    await ri.decide(client, never, r.GIVE_UP)
+    # The commands an operator runs: status as JSON, then give up on the never-migrating file.
+    shown = json.loads(cli(settings, "status", "--run", raw.run, "--json"))
+    assert shown["by_state"]["Done"] == FILES and {w["lfn"] for w in shown["operator"]} == {bad, never}
+    cli(settings, "decide", never, r.GIVE_UP)
     await poll_until(lambda: _failed(client, raw.run), 30, "the given-up file to be Failed")
     assert (raw.online / never).exists()
+
+
+def cli(settings: Settings, *args: str) -> str:
+    """``unembargo rawintegrity ARGS`` in a child process with these settings; its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "unembargo.cli.app", "rawintegrity", *args],
+        env={**os.environ, **settings.environment()}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 async def _failed(client: Client, run: str) -> bool:
