@@ -353,10 +353,12 @@ def index_differences(zip_path: Path, held: dict[str, HeldDataset]) -> list[str]
         problems.append(
             f"{len(wrong_kind)} dataset(s) have another type or run in the main butler ({_ids(wrong_kind)})"
         )
-    here = str(zip_path.resolve())
+    # The datastore may record the zip's path through a symlink: compare where each path leads.
+    here = zip_path.resolve()
+    leads = {p: Path(p).resolve() for p in {h.path for h in held.values() if h.path is not None}}
     elsewhere = sorted(
         i for i in set(listed) & set(held)
-        if held[i].path is not None and (held[i].path != here or held[i].member != member_of.get(i))
+        if (path := held[i].path) is not None and (leads[path] != here or held[i].member != member_of.get(i))
     )  # fmt: skip
     if elsewhere:
         first = held[elsewhere[0]]
