@@ -51,7 +51,7 @@ async def start_watch(client: Client, settings: Settings, fits: FitsSettings, se
     """Start the DHS poller (one per DHS location); 'started' or 'running' (already)."""
     scan = ScanInput(fits.dhs, fits.dataflow, list(fits.destinations), fits.archive,
                      settings.workflow_task_queue, fits.min_age_s, fits.invalid_after)  # fmt: skip
-    inp = WatchInput(scan, place(session, fits.dhs, DHS).queue, fits.poll_s)
+    inp = WatchInput(scan, place(session, fits.dhs, DHS).queue, fits.poll_s, heartbeat_s=fits.heartbeat_s)
     wid = watch_workflow_id(fits.dhs)
     handle = await client.start_workflow(
         WATCH_WORKFLOW,

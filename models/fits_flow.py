@@ -358,6 +358,8 @@ class WatchInput:
     poll_s: float = 5.0
     # Continue as new after this many scans (bounded history).
     scans_per_run: int = 500
+    # A scan whose worker died is run again after this long without a heartbeat.
+    heartbeat_s: float = 60.0
 
 
 # ---------------------------------------------------------------------------- the step table

@@ -230,9 +230,9 @@ class FitsWatchWorkflow:
                 result_type=ScanReceipt,
                 task_queue=inp.queue,
                 # A scan stats the folder and checks a few new files: seconds; a mount that
-                # hangs is noticed by the heartbeat.
+                # hangs, or a worker that died, is noticed by the heartbeat.
                 start_to_close_timeout=timedelta(minutes=10),
-                heartbeat_timeout=timedelta(seconds=60),
+                heartbeat_timeout=timedelta(seconds=inp.heartbeat_s),
                 retry_policy=STEPS[Step.COPY].retry,
             )
             if self._last.invalid_names:

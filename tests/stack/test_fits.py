@@ -7,8 +7,9 @@ with its md5, its workflow ingests the headers, exports it to the archive (an S3
 md5 asked first, md5 and size checked after) and to a mirror bucket that does not exist
 at first (a destination down: backed off, visibly, while the archive goes on), ingests
 it at the archive, makes its preview and its calibration associations. The corrupt file
-is reported by name, never copied. A file rewritten on the dataflow disk is re-ingested
-by `requeue` and exported again; nothing is done twice (the side-effect ledger).
+is reported by name, never copied. Files written while the worker restarts are caught up
+with, a touched one is not copied again; a file rewritten on the dataflow disk is
+re-ingested by `requeue` and exported again; nothing is done twice (the side-effect ledger).
 """
 
 from __future__ import annotations
@@ -84,15 +85,16 @@ def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "UNEMBARGO_FITS_HEARTBEAT_S": "5",
     }
     os.environ.update(env)
-    worker = WorkerProcess(settings, [r.name for r in rows], env=env)
+    found = {
+        "rows": rows, "root": root, "s3": s3_connect(settings.s3_endpoint_url), "env": env,
+        "engine": connect(settings.database_url.get_secret_value()), "fits": FitsSettings(),
+        "archive_bucket": f"fits-archive-{tag}", "mirror_bucket": f"fits-mirror-{tag}",
+        "worker": WorkerProcess(settings, [r.name for r in rows], env=env),
+    }  # fmt: skip
     try:
-        yield {
-            "rows": rows, "root": root, "s3": s3_connect(settings.s3_endpoint_url), "worker": worker,
-            "engine": connect(settings.database_url.get_secret_value()), "fits": FitsSettings(),
-            "archive_bucket": f"fits-archive-{tag}", "mirror_bucket": f"fits-mirror-{tag}",
-        }  # fmt: skip
+        yield found
     finally:
-        worker.stop()
+        found["worker"].stop()
         for key in env:
             os.environ.pop(key, None)
 
@@ -179,6 +181,21 @@ async def test_fits_night_from_dhs_to_archive(settings: Settings, client: Client
         after = await status(client, fits, session)
     assert after.invalid.keys() == {CORRUPT} and after.destinations == {}
     assert after.steps["dhs"].waiting == []
+
+    # The worker restarts; meanwhile two files arrive and one is touched: the poller catches
+    # up with the new ones and does not copy the touched one again.
+    world["worker"].stop()
+    late = [dataclasses.replace(samples[6], name=f"N20251231S00{i}.fits") for i in (10, 11)]
+    for i, s in enumerate(late):
+        fs.age(fs.write(root / "dhs" / s.name, s, seed=10 + i), 60)
+    fs.age(root / "dhs" / names[0], 30)
+    world["worker"] = WorkerProcess(settings, [r.name for r in rows], env=world["env"])
+
+    async def late_completed() -> bool:
+        return set((await _states(client, [s.name for s in late])).values()) == {"completed"}
+
+    await poll_until(late_completed, 60, "the files written while the worker was down completed")
+    names += [s.name for s in late]
 
     # Rewritten on the dataflow disk: nothing happens until a requeue, which re-ingests it.
     target = root / "dataflow" / names[2]

@@ -228,19 +228,25 @@ async def test_the_same_name_twice_is_one_workflow_and_one_more_pass(
     assert world.calls["copy"] == 3 and third.result_run_id != first.result_run_id
 
 
-async def test_the_watch_polls_and_catches_up_after_a_restart(
+async def test_the_watch_polls_and_catches_up_after_an_outage(
     env: WorkflowEnvironment, queue: str, tmp_path: Path
 ) -> None:
-    """The real scan over a folder: files written while no worker runs are started once the
-    worker is back, each once; a file rewritten is started again, a touched one is not."""
+    """The real scan over a folder: files written while the DHS disk cannot be scanned (the
+    scan fails, retried with backoff) are started once it can, each once; a file rewritten
+    meanwhile is started again, one only touched is not. (A restarted worker is the same
+    case: the scan's memory is the database; tests/stack/test_fits.py restarts one.)"""
     engine = connect(f"sqlite:///{tmp_path / 'fits.db'}")
     dhs = tmp_path / "dhs"
     dhs.mkdir()
     started: list[str] = []
     scans = Counter[str]()
+    down = asyncio.Event()
 
     @activity.defn(name=ff.SCAN_ACTIVITY)
     def scan(inp: ff.ScanInput) -> ff.ScanReceipt:
+        if down.is_set():
+            scans["failed"] += 1
+            raise FileNotFoundError(f"DHS folder {dhs} is missing (not mounted?); will retry")
         with Session(engine) as session:
             found = fits_watch.scan(session, inp.dhs, dhs, inp.min_age_s, inp.invalid_after)
             for ready in found.ready:
@@ -253,39 +259,38 @@ async def test_the_watch_polls_and_catches_up_after_a_restart(
         fs.write(dhs / sample.name, sample)
         fs.age(dhs / sample.name, 60)
 
-    def worker() -> Worker:
-        from concurrent.futures import ThreadPoolExecutor
-
-        return Worker(env.client, task_queue=queue, workflows=[FitsWatchWorkflow], activities=[scan],
-                      activity_executor=ThreadPoolExecutor(2))  # fmt: skip
-
     samples = fs.night()
     scan_input = ff.ScanInput("dhs", "dataflow", [ARCHIVE], ARCHIVE, queue, min_age_s=10, invalid_after=3)
-    wid = ff.watch_workflow_id(f"dhs-{uuid.uuid4().hex[:8]}")
     write(samples[0])
     write(samples[4])
     handle = await env.client.start_workflow(
         ff.WATCH_WORKFLOW,
         ff.WatchInput(scan_input, queue, poll_s=5, scans_per_run=4),
-        id=wid,
+        id=ff.watch_workflow_id(f"dhs-{uuid.uuid4().hex[:8]}"),
         task_queue=queue,
     )
-    # Awaiting the (endless) run lets the test server skip over the poller's timers.
-    skipping = asyncio.create_task(handle.result(rpc_timeout=RESULT))
-    async with worker():
+    from concurrent.futures import ThreadPoolExecutor
+
+    async with Worker(env.client, task_queue=queue, workflows=[FitsWatchWorkflow], activities=[scan],
+                      activity_executor=ThreadPoolExecutor(2)):  # fmt: skip
+        # Awaiting the (endless) run lets the test server skip ahead over the poller's timers.
+        skipping = asyncio.create_task(handle.result(rpc_timeout=RESULT))
         await _until(lambda: scans["scans"] >= 2)
-    assert sorted(started) == [samples[0].name, samples[4].name]
-    # While no worker runs: three new files, one rewritten, one touched only (same bytes).
-    for s in samples[1:4]:
-        write(s)
-    write(fs.Sample(samples[0].name, "GMOS-N", "BIAS", "", 0.0, "1x1"))
-    fs.age(dhs / samples[4].name, 30)
-    async with worker():
+        assert sorted(started) == [samples[0].name, samples[4].name]
+        down.set()
+        # While the disk is away: three new files, one rewritten, one touched only (same bytes).
+        for s in samples[1:4]:
+            write(s)
+        write(fs.Sample(samples[0].name, "GMOS-N", "BIAS", "", 0.0, "1x1"))
+        fs.age(dhs / samples[4].name, 30)
+        await _until(lambda: scans["failed"] >= 3)
+        before = scans["scans"]
+        down.clear()
         # Past a continue-as-new (4 scans a run).
-        await _until(lambda: scans["scans"] >= 6)
+        await _until(lambda: scans["scans"] >= before + 5)
         await handle.terminate("test over")
-    with pytest.raises(WorkflowFailureError):
-        await skipping
+        with pytest.raises(WorkflowFailureError):
+            await skipping
     assert sorted(started) == sorted([samples[4].name, *(s.name for s in samples[:4]), samples[0].name])
 
 
