@@ -17,13 +17,13 @@ from typing import Annotated
 
 import typer
 
-from unembargo.cli import arrivals, dev, reconcile, schedule, start, status, workers
+from unembargo.cli import arrivals, dev, locations, reconcile, schedule, start, status, workers
 from unembargo.engine.errors import SourceUnavailable, TemporalUnreachable
 from unembargo.models.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Move raw exposures out of embargo, durably.")
 app.add_typer(dev.app, name="dev")
-app.add_typer(workers.locations_app, name="locations")
+app.add_typer(locations.app, name="locations")
 app.command()(start.start)
 app.command()(workers.worker)
 app.command()(reconcile.reconcile)

@@ -41,10 +41,10 @@ class Step(StrEnum):
     TAG = "tag"
 
 
-# Kinds of location the steps need: the destination disk (and the butlers beside it),
-# or the Rucio service.
-DESTINATION = "destination"
-RUCIO = "rucio"
+# The operations the steps need (models/locations.Operation, docs/locations.md): unembargo, at the
+# archive disk (and the butlers beside it); registration, at the Rucio catalogue.
+DESTINATION = "unembargo"
+RUCIO = "registration"
 
 # Step -> its task queue (that of the location whose storage or service it needs).
 StepQueues = dict[str, str]

@@ -7,7 +7,7 @@ reconcile all derive from that table, so adding a step is one edit.
     >>> from unembargo.models.exposure import STEPS, Step
     >>> STEPS[Step.ZIP].activity
     'zip_exposure'
-    >>> steps_at(STEPS, "rucio")
+    >>> steps_at(STEPS, "registration")
     [<Step.REGISTER: 'register'>, <Step.TAG: 'tag'>]
 """
 

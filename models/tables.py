@@ -1,50 +1,48 @@
 """Tables of unembargo's own database (SQLite by default, PostgreSQL in production).
 
+The schema is the migrations' (models/migrations): ``connect`` brings any database to the newest
+revision of every flow's branch. Sites and data locations are in models/locations.py.
+
 >>> from sqlmodel import Session, select
 >>> engine = connect("sqlite://")
 >>> with Session(engine) as s:
-...     s.add(Site(name="SLAC")); s.add(Location(name="slac-dest", site="SLAC",
-...         kind="destination", storage="/sdf/data/rubin/raw")); s.commit()
-...     [loc.name for loc in s.exec(select(Location))]
-['slac-dest']
+...     _ = upsert_location(s, DataLocation(name="slac-dest", site="SLAC", type="long_term_archive",
+...         storage="disk", path="/sdf/data/rubin/raw", operations="unembargo"))
+...     _ = upsert_location(s, DataLocation(name="slac-rucio", site="SLAC", type="catalogue",
+...         storage="service", endpoint="https://rucio.example.org"))
+...     queues = step_queues(s)
+>>> queues["zip"], queues["tag"]
+('slac_slac-dest_unembargo', 'slac_slac-rucio_registration')
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, create_engine
 
 from unembargo.models.exposure import STEPS, StepQueues
-from unembargo.models.names import location_queue
+from unembargo.models.locations import (
+    DataLocation,
+    NoLocation,
+    Operation,
+    Site,
+    best_for,
+    get_location,
+    operation_queues,
+    upsert_location,
+)
+from unembargo.models.migrations import upgrade
+
+__all__ = ["DataLocation", "Effect", "NoLocation", "Site", "connect", "get_location", "step_queues",
+           "upsert_location"]  # fmt: skip
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class Site(SQLModel, table=True):
-    """A facility that hosts locations (e.g. the summit, SLAC)."""
-
-    name: str = Field(primary_key=True)
-    description: str = ""
-
-
-class Location(SQLModel, table=True):
-    """Storage or a service at a site; its workers poll the location's task queue.
-
-    ``kind`` says which steps it serves (each step's ``location`` in its flow's table); the active
-    location with the highest priority of a kind gets that kind's steps.
-    """
-
-    name: str = Field(primary_key=True)
-    site: str = Field(foreign_key="site.name")
-    kind: str = Field(index=True)
-    storage: str
-    priority: int = 0
-    active: bool = True
 
 
 class Effect(SQLModel, table=True):
@@ -61,49 +59,30 @@ class Effect(SQLModel, table=True):
 
 
 def connect(url: str) -> Engine:
-    """Engine for ``url`` with the tables created; SQLite waits on locks instead of failing."""
+    """Engine for ``url``, its schema migrated to every head; SQLite waits on locks instead of failing."""
     args = {"timeout": 30} if url.startswith("sqlite") else {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     engine = create_engine(url, connect_args=args)
-    SQLModel.metadata.create_all(engine)
+    upgrade(engine)
     return engine
 
 
-class NoLocation(LookupError):
-    """No active location of a kind some step needs, or an unknown location name."""
-
-
-def get_location(session: Session, name: str) -> Location:
-    """The location named ``name``, or NoLocation listing the known ones."""
-    found = session.get(Location, name)
-    if found is None:
-        known = ", ".join(loc.name for loc in session.exec(select(Location))) or "none"
-        raise NoLocation(f"no location {name!r} (known: {known}); add it with `unembargo locations add`")
-    return found
-
-
-def step_queues(session: Session) -> StepQueues:
-    """Each step's task queue: that of the best active location of the kind it needs."""
+def step_queues(session: Session, at: Sequence[str] = ()) -> StepQueues:
+    """Each step's task queue: its operation's queue at the preferred active location serving it,
+    or, given ``at``, at the first of those named locations that serves it (active or not)."""
+    chosen = [get_location(session, name) for name in at]
     queues: StepQueues = {}
     for step, spec in STEPS.items():
-        kind = spec.location
-        best = session.exec(
-            select(Location)
-            .where(Location.kind == kind, Location.active == True)  # noqa: E712 - SQL expression
-            .order_by(Location.priority.desc(), Location.name)  # type: ignore[attr-defined]
-        ).first()
-        if best is None:
-            raise NoLocation(f"no active location of kind {kind!r} for step {step!r}")
-        queues[step] = location_queue(best.name)
+        operation = Operation(spec.location)
+        if at:
+            serving = [loc for loc in chosen if operation in loc.served()]
+            if not serving:
+                raise NoLocation(f"none of {', '.join(at)} serves {operation.value} (step {step})")
+            location = serving[0]
+        else:
+            location = best_for(session, operation)
+        queues[step] = operation_queues(session, location)[operation]
     return queues
-
-
-def upsert_location(session: Session, location: Location) -> None:
-    """Create or update a location (and its site)."""
-    if session.get(Site, location.site) is None:
-        session.add(Site(name=location.site))
-    session.merge(location)
-    session.commit()

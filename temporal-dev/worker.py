@@ -9,19 +9,30 @@ from sqlmodel import Session
 
 from unembargo.devstack import procs
 from unembargo.devstack.s3 import LOCAL_ENV
-from unembargo.models.names import location_queue
+from unembargo.models.locations import DataLocation, LocationType, Operation, StorageType, location_queues
 from unembargo.models.settings import Settings
-from unembargo.models.tables import Location, connect, upsert_location
+from unembargo.models.tables import connect, upsert_location
 
 NAME = "worker"
 
 
-def local_locations(settings: Settings) -> list[Location]:
-    """The locations of the local stack: its destination disk and its Rucio server."""
+def local_locations(settings: Settings) -> list[DataLocation]:
+    """The locations of the local stack: its archive disk (the unembargo destination) and Rucio."""
     return [
-        Location(name="local-dest", site="local", kind="destination", storage=str(settings.dest_root)),
-        Location(name="local-rucio", site="local", kind="rucio", storage=settings.rucio_host),
-    ]
+        DataLocation(
+            name="local-dest", site="local", type=LocationType.LONG_TERM_ARCHIVE, storage=StorageType.DISK,
+            path=str(settings.dest_root), operations=Operation.UNEMBARGO.value,
+        ),
+        DataLocation(
+            name="local-rucio", site="local", type=LocationType.CATALOGUE, storage=StorageType.SERVICE,
+            endpoint=settings.rucio_host,
+        ),
+    ]  # fmt: skip
+
+
+def _queues(settings: Settings) -> list[str]:
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        return [q for loc in local_locations(settings) for q in location_queues(session, loc.name)]
 
 
 def ensure_locations(settings: Settings) -> None:
@@ -32,7 +43,7 @@ def ensure_locations(settings: Settings) -> None:
 
 
 def address(settings: Settings) -> str:
-    return ", ".join(location_queue(loc.name) for loc in local_locations(settings))
+    return ", ".join(_queues(settings))
 
 
 async def _polled(settings: Settings) -> bool:
@@ -42,11 +53,11 @@ async def _polled(settings: Settings) -> bool:
     from temporalio.client import Client
 
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
-    for loc in local_locations(settings):
+    for queue in _queues(settings):
         resp = await client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
                 namespace=settings.temporal_namespace,
-                task_queue=TaskQueue(name=location_queue(loc.name)),
+                task_queue=TaskQueue(name=queue),
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
             )
         )

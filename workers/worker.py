@@ -1,10 +1,11 @@
 """A worker process: the workflows plus the activities of some locations.
 
-Each location has its own task queue; a worker serves the queues of the locations
-whose storage or service it can reach (several workers, on several machines, may
-serve one location). Which activities a location runs follows from its kind and the
-flow's step table (models/exposure.STEPS); the schedule's selection runs where its
-step runs (models/schedule.SELECT_STEP).
+Each operation at a location has its own task queue (models/locations.py); a worker
+serves the queues of the locations whose storage or service it can reach (several
+workers, on several machines, may serve one location). Which activities a queue runs
+follows from its operation and the flows' step tables (models/exposure.STEPS: a step's
+``location`` is the operation it needs); the schedule's selection runs where its step
+runs (models/schedule.SELECT_STEP).
 """
 
 from __future__ import annotations
@@ -28,11 +29,9 @@ from unembargo.activities.scheduled import StartingActivities
 from unembargo.activities.zip import ZipActivities
 from unembargo.models import arrival
 from unembargo.models.exposure import STEPS, Step
-from unembargo.models.flow import steps_at
-from unembargo.models.names import location_queue
+from unembargo.models.locations import get_location, operation_queues
 from unembargo.models.schedule import SELECT_STEP
 from unembargo.models.settings import Settings
-from unembargo.models.tables import get_location
 from unembargo.workers.memory import map_large_buffers
 from unembargo.workers.observe import ActivityObserver
 from unembargo.workflows.arrival import ArrivalWorkflow
@@ -73,21 +72,20 @@ def build_workers(
     activities = step_activities(resources)
     selection = StartingActivities(resources, client).select_and_start
     arrivals = arrival_activities(resources, client)
+    by_operation: dict[str, list[Callable[..., Any]]] = {}
+    for step, fn in activities.items():
+        by_operation.setdefault(STEPS[step].location, []).append(fn)
+    by_operation[STEPS[SELECT_STEP].location].append(selection)
+    by_operation.setdefault(arrival.ARRIVAL_LOCATION, []).extend(arrivals)
+    queues = location_activities(resources, locations, by_operation)
     # Sync activities (butler, boto3, rucio are blocking libraries) run in threads.
-    executor = ThreadPoolExecutor(max_workers=max_concurrent_activities * max(1, len(locations)))
+    executor = ThreadPoolExecutor(max_workers=max_concurrent_activities * max(1, len(queues)))
     workers = []
-    with Session(resources.engine) as session:
-        kinds = {name: get_location(session, name).kind for name in locations}
-    for name, kind in kinds.items():
-        served = [activities[step] for step in steps_at(STEPS, kind)]
-        if kind == STEPS[SELECT_STEP].location:
-            served.append(selection)
-        if kind == arrival.ARRIVAL_LOCATION:
-            served += arrivals
+    for queue, served in queues.items():
         workers.append(
             Worker(
                 client,
-                task_queue=location_queue(name),
+                task_queue=queue,
                 activities=served,
                 activity_executor=executor,
                 max_concurrent_activities=max_concurrent_activities,
@@ -105,6 +103,28 @@ def build_workers(
             )
         )
     return workers
+
+
+def location_activities(
+    resources: Resources, locations: Sequence[str], by_operation: dict[str, list[Callable[..., Any]]]
+) -> dict[str, list[Callable[..., Any]]]:
+    """Queue -> the activities its worker runs, for every queue of ``locations`` that has any.
+
+    A location's legacy queue (from before per-operation queues) runs all of its operations'
+    activities, for the workflows started then.
+    """
+    found: dict[str, list[Callable[..., Any]]] = {}
+    with Session(resources.engine) as session:
+        for name in locations:
+            loc = get_location(session, name)
+            for op, queue in operation_queues(session, loc).items():
+                ops = sorted(loc.served()) if op is None else [op]
+                served = [fn for o in ops for fn in by_operation.get(o, [])]
+                if served:
+                    found[queue] = served
+                else:
+                    log.info("queue %s: no activity of this build does %s", queue, op)
+    return found
 
 
 async def run(

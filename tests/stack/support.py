@@ -25,8 +25,9 @@ from unembargo.devstack.s3 import LOCAL_ENV
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.engine.starter import start_exposures
 from unembargo.models.exposure import Exposure, Policy, StepQueues
+from unembargo.models.locations import DataLocation, LocationType, Operation, StorageType
 from unembargo.models.settings import Settings
-from unembargo.models.tables import Effect, Location, connect, step_queues, upsert_location
+from unembargo.models.tables import Effect, connect, step_queues, upsert_location
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_DIR = REPO / ".dev" / "test-stack"
@@ -110,13 +111,33 @@ def location_names(settings: Settings) -> list[str]:
     return [f"dest-{tag}", f"rucio-{tag}"]
 
 
-def add_locations(settings: Settings, site: str) -> list[str]:
-    """Two locations of the settings' own (destination disk, Rucio), so their queues are too."""
+def location_row(settings: Settings, operation: str, name: str, site: str, **fields: Any) -> DataLocation:
+    """A location serving one of the unembargo flow's operations with ``settings``' resources:
+    the archive disk (unembargo) or the Rucio catalogue (registration)."""
+    if operation == Operation.UNEMBARGO:
+        return DataLocation(
+            name=name, site=site, type=LocationType.LONG_TERM_ARCHIVE, storage=StorageType.DISK,
+            path=str(settings.dest_root), operations=Operation.UNEMBARGO.value, **fields,
+        )  # fmt: skip
+    assert operation == Operation.REGISTRATION, operation
+    return DataLocation(
+        name=name, site=site, type=LocationType.CATALOGUE, storage=StorageType.SERVICE,
+        endpoint=settings.rucio_host, **fields,
+    )  # fmt: skip
+
+
+def unembargo_locations(settings: Settings, site: str, **fields: Any) -> list[DataLocation]:
+    """The unembargo flow's two locations for ``settings``: its archive disk and its Rucio."""
     dest, rucio = location_names(settings)
-    rows = [
-        Location(name=dest, site=site, kind="destination", storage=str(settings.dest_root)),
-        Location(name=rucio, site=site, kind="rucio", storage=settings.rucio_host),
+    return [
+        location_row(settings, Operation.UNEMBARGO, dest, site, **fields),
+        location_row(settings, Operation.REGISTRATION, rucio, site, **fields),
     ]
+
+
+def add_locations(settings: Settings, site: str, **fields: Any) -> list[str]:
+    """Two locations of the settings' own (archive disk, Rucio), so their queues are too."""
+    rows = unembargo_locations(settings, site, **fields)
     with Session(connect(settings.database_url.get_secret_value())) as session:
         for row in rows:
             upsert_location(session, row)

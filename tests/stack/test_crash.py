@@ -18,14 +18,13 @@ from pathlib import Path
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
-from support import WorkerProcess, effects, fresh_day, poll_until, seed_small
+from support import WorkerProcess, effects, fresh_day, location_row, poll_until, seed_small
 from unembargo.devstack.seed import SeededExposure
 from unembargo.engine.starter import start_exposures
-from unembargo.models.exposure import DESTINATION, STEPS, Exposure, Policy
+from unembargo.models.exposure import STEPS, Exposure, Policy
 from unembargo.models.flow import location_kinds, steps_at
-from unembargo.models.names import location_queue
 from unembargo.models.settings import Settings
-from unembargo.models.tables import Location, connect, upsert_location
+from unembargo.models.tables import connect, step_queues, upsert_location
 from verify import check_unembargoed
 
 POINTS = [f"{step}:{point}" for step in STEPS for point in ("acting", "acted")]
@@ -48,7 +47,7 @@ class Armed:
 
 
 def _locations(settings: Settings, label: str) -> dict[str, str]:
-    """A destination and a Rucio location of their own; location kind -> name.
+    """An archive and a Rucio location of their own; operation -> name.
 
     Inactive: the run is started with their queues explicitly, and no later test of the
     session may have its steps routed to them once their workers are gone."""
@@ -57,10 +56,7 @@ def _locations(settings: Settings, label: str) -> dict[str, str]:
     with Session(connect(settings.database_url.get_secret_value())) as session:
         for kind in location_kinds(STEPS):
             name = f"crash-{label}-{kind}-{tag}"
-            storage = str(settings.dest_root) if kind == DESTINATION else settings.rucio_host
-            upsert_location(
-                session, Location(name=name, site="crash", kind=kind, storage=storage, active=False)
-            )
+            upsert_location(session, location_row(settings, kind, name, "crash", active=False))
             found[kind] = name
     return found
 
@@ -69,7 +65,8 @@ async def _arm(client: Client, settings: Settings, kind: str, day: int, seq: int
     """An exposure started on locations whose workers die at the points of ``kind``'s steps."""
     seeded = seed_small(settings, day, seq)
     locations = _locations(settings, kind)
-    queues = {step: location_queue(locations[spec.location]) for step, spec in STEPS.items()}
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        queues = step_queues(session, at=list(locations.values()))
     exposure = Exposure("LSSTCam", seeded.day_obs, seeded.obs_id, seeded.exposure_id)
     [out] = await start_exposures(client, settings.workflow_task_queue, [exposure], queues, FAST)
     assert out.outcome == "started"

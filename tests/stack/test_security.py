@@ -36,7 +36,15 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from support import WorkerProcess, fresh_day, plant_foreign_zip, poll_until, seed_small, start_one
+from support import (
+    WorkerProcess,
+    fresh_day,
+    location_row,
+    plant_foreign_zip,
+    poll_until,
+    seed_small,
+    start_one,
+)
 from unembargo.client.status import exposure_status
 from unembargo.devstack import postgres
 from unembargo.devstack.seed import SeededExposure
@@ -44,10 +52,12 @@ from unembargo.engine.codec import ENCODING, PayloadCodecAES, PayloadKeyError, n
 from unembargo.engine.connection import connect
 from unembargo.engine.starter import start_exposures
 from unembargo.models import names
-from unembargo.models.exposure import DESTINATION, STEPS, Exposure, ExposureInput, Policy, StepQueues
+from unembargo.models.exposure import DESTINATION, RUCIO, STEPS, Exposure, ExposureInput, Policy, StepQueues
+from unembargo.models.flow import location_kinds
+from unembargo.models.locations import location_queues
 from unembargo.models.settings import Settings
-from unembargo.models.tables import Location, upsert_location
 from unembargo.models.tables import connect as db_connect
+from unembargo.models.tables import step_queues, upsert_location
 from verify import check_unembargoed
 
 # Heartbeats at the production default: the export step beats every 5 s, and this module is
@@ -127,24 +137,22 @@ def key_file(tmp_path_factory: pytest.TempPathFactory, secrets: Secrets) -> Path
     return path
 
 
-def _locations(settings: Settings, kind_names: dict[str, str]) -> None:
+def _locations(settings: Settings, kind_names: dict[str, str]) -> StepQueues:
+    """Locations of their own (name -> operation); each step's queue at them."""
     with Session(db_connect(settings.database_url.get_secret_value())) as session:
         for name, kind in kind_names.items():
-            storage = str(settings.dest_root) if kind == "destination" else settings.rucio_host
-            upsert_location(session, Location(name=name, site="security", kind=kind, storage=storage))
-
-
-def _queues(dest: str, rucio: str) -> StepQueues:
-    d, r = names.location_queue(dest), names.location_queue(rucio)
-    return {step: d if spec.location == DESTINATION else r for step, spec in STEPS.items()}
+            upsert_location(session, location_row(settings, kind, name, "security"))
+        if set(kind_names.values()) != set(location_kinds(STEPS)):
+            return {}
+        return step_queues(session, at=list(kind_names))
 
 
 def _site(base: Settings, secrets: Secrets, label: str, **update: Any) -> Site:
     own = base.model_copy(update={"workflow_task_queue": f"unembargo-workflows-{label}-{TAG}", **update})
     dest, rucio = f"dest-{label}-{TAG}", f"rucio-{label}-{TAG}"
-    _locations(own, {dest: "destination", rucio: "rucio"})
+    queues = _locations(own, {dest: DESTINATION, rucio: RUCIO})
     worker = WorkerProcess(own, [dest, rucio], env={"AWS_SECRET_ACCESS_KEY": secrets.s3_secret_key})
-    return Site(own, _queues(dest, rucio), worker)
+    return Site(own, queues, worker)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +186,7 @@ def wrong_rucio(
 ) -> Iterator[tuple[StepQueues, WorkerProcess]]:
     """Queues whose Rucio steps go to a worker logging in with a wrong password."""
     name = f"rucio-wrong-{TAG}"
-    _locations(plain.settings, {name: "rucio"})
+    _locations(plain.settings, {name: RUCIO})
     # A state dir of its own: no token cached by a worker that logged in with the right password.
     own = plain.settings.model_copy(update={"state_dir": tmp_path_factory.mktemp("wrong-rucio-state")})
     worker = verbose_worker(
@@ -189,7 +197,8 @@ def wrong_rucio(
             "AWS_SECRET_ACCESS_KEY": secrets.s3_secret_key,
         },
     )
-    queue = names.location_queue(name)
+    with Session(db_connect(plain.settings.database_url.get_secret_value())) as session:
+        [queue] = location_queues(session, name)
     yield {**plain.queues, "register": queue, "tag": queue}, worker
     worker.stop()
 

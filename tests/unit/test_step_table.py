@@ -19,9 +19,10 @@ from unembargo.models import names
 from unembargo.models.errors import NON_RETRYABLE
 from unembargo.models.exposure import DESTINATION, RUCIO, STEP_OF_ACTIVITY, STEPS, Step
 from unembargo.models.flow import location_kinds, steps_at
+from unembargo.models.locations import DataLocation, location_queues
 from unembargo.models.schedule import SELECT_STEP
 from unembargo.models.settings import Settings
-from unembargo.models.tables import Location, connect, step_queues, upsert_location
+from unembargo.models.tables import connect, step_queues, upsert_location
 from unembargo.workers import worker
 from unembargo.workflows.exposure import ExposureWorkflow
 from unembargo.workflows.select import SelectAndStartWorkflow
@@ -72,12 +73,23 @@ def test_inputs_and_receipts_are_dataclasses_and_policies_stop_on_bad_input(step
 def _locations(path: Path) -> Settings:
     settings = Settings(database_url=f"sqlite:///{path / 'db.sqlite'}", dest_root=path)
     with Session(connect(settings.database_url.get_secret_value())) as session:
-        upsert_location(session, Location(name="slac-dest", site="SLAC", kind=DESTINATION, storage=str(path)))
-        upsert_location(session, Location(name="slac-rucio", site="SLAC", kind=RUCIO, storage="http://rucio"))
+        upsert_location(
+            session,
+            DataLocation(
+                name="slac-dest",
+                site="SLAC",
+                type="long_term_archive",
+                storage="disk",
+                path=str(path),
+                operations=DESTINATION,
+            ),
+        )
+        upsert_location(session, DataLocation(name="slac-rucio", site="SLAC", type="catalogue",
+                                              storage="service", endpoint="http://rucio"))  # fmt: skip
     return settings
 
 
-async def test_the_worker_serves_each_location_the_steps_of_its_kind(
+async def test_the_worker_serves_each_location_the_steps_of_its_operations(
     env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     settings = _locations(tmp_path)
@@ -88,7 +100,9 @@ async def test_the_worker_serves_each_location_the_steps_of_its_kind(
         w.task_queue: sorted(ours & {activity_name(fn) for fn in w.config().get("activities", [])})
         for w in built
     }
-    dest, rucio = names.location_queue("slac-dest"), names.location_queue("slac-rucio")
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        [dest], [rucio] = location_queues(session, "slac-dest"), location_queues(session, "slac-rucio")
+    assert (dest, rucio) == ("slac_slac-dest_unembargo", "slac_slac-rucio_registration")
     selection = [names.SELECT_ACTIVITY] if STEPS[SELECT_STEP].location == DESTINATION else []
     assert served == {
         dest: sorted([STEPS[s].activity for s in steps_at(STEPS, DESTINATION)] + selection),

@@ -1,0 +1,1 @@
+"""Revisions, one branch per flow (see the package docstring)."""
