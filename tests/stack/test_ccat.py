@@ -41,7 +41,7 @@ OBSERVATIONS = 4
 FILE_SIZE = 64 * 1024
 # Two packages (three files each, plus tar headers) fit in a bundle, a third would not.
 BUNDLE_LIMIT = 2 * 3 * FILE_SIZE + FILE_SIZE
-POLICY = c.CcatPolicy(heartbeat_s=5, bundle_wait_s=10)
+POLICY = c.CcatPolicy(heartbeat_s=3, bundle_wait_s=10)
 RESULT_TIMEOUT = 120
 
 
@@ -78,7 +78,7 @@ def observe(sites: CcatSites, session: Session, obs: str) -> None:
 POINTS = ["ccat_package:acted", "ccat_transfer:acting", "ccat_unpack:acting", "ccat_delete:acting"]
 # The second archive site's endpoint refuses connections until this long after the first
 # attempt to put a package there.
-LTA_DOWN_S = 15
+LTA_DOWN_S = 8
 
 
 class Workers:
