@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from unembargo.cli import arrivals, dev, locations, reconcile, schedule, start, status, workers
+from unembargo.cli import arrivals, ccat, dev, locations, reconcile, schedule, start, status, workers
 from unembargo.engine.errors import SourceUnavailable, TemporalUnreachable
 from unembargo.models.settings import Settings
 
@@ -32,6 +32,7 @@ app.command()(status.status)
 app.command()(status.retry)
 app.command()(arrivals.listen)
 app.add_typer(arrivals.app, name="arrivals")
+app.add_typer(ccat.app, name="ccat")
 
 
 @app.callback()

@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 
 from unembargo.activities.arrival import ArrivalActivities
 from unembargo.activities.butler import ButlerActivities
+from unembargo.activities.ccat import CcatActivities, ccat_activities
 from unembargo.activities.context import Resources
 from unembargo.activities.rucio import RucioActivities
 from unembargo.activities.scheduled import StartingActivities
@@ -36,6 +37,7 @@ from unembargo.workers.memory import map_large_buffers
 from unembargo.workers.observe import ActivityObserver
 from unembargo.workflows.arrival import ArrivalWorkflow
 from unembargo.workflows.arrival_sweep import ArrivalSweepWorkflow
+from unembargo.workflows.ccat import CCAT_WORKFLOWS
 from unembargo.workflows.exposure import ExposureWorkflow
 from unembargo.workflows.select import SelectAndStartWorkflow
 
@@ -77,6 +79,8 @@ def build_workers(
         by_operation.setdefault(STEPS[step].location, []).append(fn)
     by_operation[STEPS[SELECT_STEP].location].append(selection)
     by_operation.setdefault(arrival.ARRIVAL_LOCATION, []).extend(arrivals)
+    for operation, fns in ccat_activities(CcatActivities(resources)).items():
+        by_operation.setdefault(operation, []).extend(fns)
     queues = location_activities(resources, locations, by_operation)
     # Sync activities (butler, boto3, rucio are blocking libraries) run in threads.
     executor = ThreadPoolExecutor(max_workers=max_concurrent_activities * max(1, len(queues)))
@@ -97,7 +101,8 @@ def build_workers(
             Worker(
                 client,
                 task_queue=settings.workflow_task_queue,
-                workflows=[ExposureWorkflow, SelectAndStartWorkflow, ArrivalWorkflow, ArrivalSweepWorkflow],
+                workflows=[ExposureWorkflow, SelectAndStartWorkflow, ArrivalWorkflow, ArrivalSweepWorkflow]
+                + CCAT_WORKFLOWS,
                 # A killed worker's workflows move to a live one after 2 s, not 10 s.
                 sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
             )
