@@ -107,10 +107,43 @@ def health(settings: Settings) -> tuple[bool, str]:
     return True, f"migrating after {read_config(root_of(settings)).delay_s:g}s"
 
 
+def ensure_flow(settings: Settings) -> None:
+    """The rawintegrity flow's locations (online disk, tape) and tape RSE of the local stack.
+
+    ``unembargo worker --location raw-online --location raw-tape --location local-rucio`` then
+    serves the flow, and ``unembargo rawintegrity put --run FOLDER`` puts what is under
+    ``<state_dir>/rawintegrity/online/FOLDER``.
+    """
+    from rucio.common.exception import Duplicate
+    from sqlmodel import Session
+
+    from unembargo.adapters.rucio_client import connect as rucio_connect
+    from unembargo.models.locations import DataLocation, LocationType, StorageType, upsert_location
+    from unembargo.models.tables import connect
+
+    config = RawIntegritySettings()
+    online, tape = config.online(settings.state_dir).resolve(), root_of(settings)
+    online.mkdir(parents=True, exist_ok=True)
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        for loc in (
+            DataLocation(name=config.online_location, site="local", type=LocationType.SOURCE,
+                         storage=StorageType.DISK, path=str(online)),
+            DataLocation(name=config.tape_location, site="local", type=LocationType.LONG_TERM_ARCHIVE,
+                         storage=StorageType.TAPE, path=str(tape)),
+        ):  # fmt: skip
+            upsert_location(session, loc)
+    try:
+        rucio_connect(settings).add_rse(config.rse, deterministic=True, rse_type="TAPE")
+    except Duplicate:
+        pass
+
+
 def ensure(settings: Settings) -> str:
+    root = root_of(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    ensure_flow(settings)
     if health(settings)[0]:
         return "already up"
-    root = root_of(settings)
     if not (root / CONFIG).exists():
         write_config(root, Migration())
     procs.start(settings.state_dir, NAME, [sys.executable, "-m", "unembargo.devstack.tape", str(root)])

@@ -33,9 +33,10 @@ from unembargo.activities.context import Resources
 from unembargo.activities.rawintegrity import RawIntegrityActivities
 from unembargo.adapters.tape import LocalTape
 from unembargo.client import rawintegrity as ri
+from unembargo.devstack import procs
 from unembargo.devstack import tape as migrator
 from unembargo.models import rawintegrity as r
-from unembargo.models.locations import DataLocation, LocationType, StorageType, upsert_location
+from unembargo.models.locations import DataLocation, LocationType, StorageType, get_location, upsert_location
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect
 from unembargo.workflows.rawintegrity import RawFileWorkflow
@@ -215,3 +216,30 @@ def cli(settings: Settings, *args: str) -> str:
 
 async def _failed(client: Client, run: str) -> bool:
     return (await ri.status(client, run)).by_state.get(r.State.FAILED) == 1
+
+
+def test_the_dev_stack_tape_service(
+    module_settings: Settings, rucio: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`unembargo dev up`'s tape service: the flow's locations and tape RSE exist, it migrates,
+    it stops."""
+    tag = uuid.uuid4().hex[:6]
+    for key, value in (("ONLINE_LOCATION", f"dev-online-{tag}"), ("TAPE_LOCATION", f"dev-tape-{tag}"),
+                       ("RSE", f"DEVTAPE_{tag.upper()}")):  # fmt: skip
+        monkeypatch.setenv(f"UNEMBARGO_RAWINTEGRITY_{key}", value)
+    settings = module_settings.model_copy(update={"state_dir": tmp_path / "state"})
+    assert migrator.ensure(settings) == "started"
+    try:
+        assert migrator.health(settings)[0] and migrator.ensure(settings) == "already up"
+        root = migrator.root_of(settings)
+        migrator.write_config(root, migrator.Migration(delay_s=0))
+        with Session(connect(settings.database_url.get_secret_value())) as session:
+            assert get_location(session, f"dev-tape-{tag}").path == str(root)
+        assert rucio.get_rse(f"DEVTAPE_{tag.upper()}")["rse_type"] == "TAPE"  # type: ignore[attr-defined]
+        source = tmp_path / "x.raw"
+        source.write_bytes(b"abc")
+        LocalTape(root).put("run1/x.raw", source)
+        procs.poll(lambda: LocalTape(root).is_migrated("run1/x.raw"), 20, "the tape service to migrate")
+    finally:
+        assert migrator.stop(settings)
+    assert not migrator.health(settings)[0]
