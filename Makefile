@@ -28,8 +28,10 @@ test: test-unit test-stack
 test-unit: setup
 	$(PY) -m pytest tests/unit
 
+# Two sessions side by side on one shared stack (each isolated, see tests/stack/conftest.py):
+# most of a stack test is waiting on timers and services, so two overlap well on two cores.
 test-stack: setup
-	$(PY) -m pytest tests/stack
+	$(PY) -m pytest tests/stack -n 2 --dist loadfile
 
 $(TYPING)/unembargo: | setup
 	mkdir -p $@
