@@ -22,7 +22,7 @@ from temporalio import activity
 from unembargo.activities.context import Resources, checkpoint, heartbeating
 from unembargo.adapters import ccat_tar
 from unembargo.adapters.ccat_rsync import rsync
-from unembargo.adapters.ccat_store import DiskStore, S3Store, copy, store_for
+from unembargo.adapters.ccat_store import DiskStore, Store, copy, store_for
 from unembargo.models.ccat import (
     BUNDLE,
     DELETION_STEPS,
@@ -129,7 +129,7 @@ def _copy_row(session: Session, kind: str, unit: str, location: str) -> Physical
     ).first()
 
 
-def _has_verified(session: Session, store: DiskStore | S3Store, kind: str, unit: str, relpath: str) -> bool:
+def _has_verified(session: Session, store: Store, kind: str, unit: str, relpath: str) -> bool:
     """Done when: a verified, readable copy row and bytes of its size at the location."""
     row = _copy_row(session, kind, unit, store.name)
     ok = row is not None and row.verified and row.state in (CopyState.PRESENT, CopyState.STAGED)
@@ -483,8 +483,8 @@ class CcatActivities:
     def _put_verified(
         self,
         session: Session,
-        src: DiskStore | S3Store,
-        dst: DiskStore | S3Store,
+        src: Store,
+        dst: Store,
         p: PackageRef,
         transfer: str | None,
         step: str,

@@ -28,6 +28,8 @@ SHA_KEY = "sha256"
 
 
 class Store(Protocol):
+    """What the flow's steps do with a location's bytes (``DiskStore``, ``S3Store``)."""
+
     name: str
 
     def size(self, relpath: str) -> int | None:
@@ -190,9 +192,7 @@ def store_for(location: DataLocation) -> DiskStore | S3Store:
     raise ValueError(f"location {location.name}: storage {location.storage} has no bytes this flow can reach")
 
 
-def copy(
-    src: DiskStore | S3Store, dst: DiskStore | S3Store, relpath: str, checksum: str, scratch: Path
-) -> None:
+def copy(src: Store, dst: Store, relpath: str, checksum: str, scratch: Path) -> None:
     """Copy ``relpath`` from ``src`` to ``dst``: server-side between buckets of one endpoint,
     from the file itself off a disk, through ``scratch`` otherwise."""
     if isinstance(src, S3Store) and isinstance(dst, S3Store) and src.client is dst.client:

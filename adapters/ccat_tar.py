@@ -140,9 +140,3 @@ def extract(tar_path: Path, name: str, out: Path, checksum: str) -> int:
         return out.stat().st_size
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def members(tar_path: Path) -> list[str]:
-    """Names of a tar's members."""
-    with tarfile.open(tar_path, mode="r:") as tar:
-        return tar.getnames()
