@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -18,14 +20,35 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ActivityError
 
 from unembargo.models.ccat import BUNDLE, FILE_SET, PACKAGE, CcatPolicy
+from unembargo.models.errors import BadInput
+from unembargo.models.locations import NoLocation
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect
 
 app = typer.Typer(no_args_is_help=True, help="CCAT: package, transfer, archive, stage and delete raw data.")
 console = Console()
 At = Annotated[str, typer.Option("--at", help="The location (its name in `unembargo locations list`).")]
+
+
+@contextmanager
+def _named_errors() -> Iterator[None]:
+    """Bad input (an unknown location, a file outside its SOURCE) or a run that failed under a
+    named error: its name and message, exit 1, no traceback."""
+    try:
+        yield
+    except (BadInput, NoLocation) as err:
+        console.print(f"{type(err).__name__}: {err}", style="red")
+        raise typer.Exit(1) from None
+    except WorkflowFailureError as err:
+        # A run that failed under a named error (DeletionRefused, ChecksumMismatch, ...).
+        cause = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
+        name = getattr(cause, "type", None) or type(cause).__name__
+        console.print(f"{name}: {getattr(cause, 'message', cause)}", style="red")
+        raise typer.Exit(1) from None
 
 
 def _engine(ctx: typer.Context) -> Engine:
@@ -45,7 +68,7 @@ def file_(
     """Register an observation's raw files at a SOURCE (size and sha256), then package it."""
     from unembargo.client.ccat import file_observation
 
-    with Session(_engine(ctx)) as session:
+    with Session(_engine(ctx)) as session, _named_errors():
         got = file_observation(session, at, observation, files, module)
     console.print(f"{observation}: {got.filed} filed, {got.already} already filed at {at}")
     if package:
@@ -78,7 +101,8 @@ def _start_package(ctx: typer.Context, observation: str, at: str) -> None:
                 CcatPolicy(heartbeat_s=settings.heartbeat_timeout.total_seconds()),
             )
 
-    wid, outcome = asyncio.run(main())
+    with _named_errors():
+        wid, outcome = asyncio.run(main())
     console.print(f"{wid}: {outcome}")
 
 
@@ -147,7 +171,8 @@ def stage(
             return handle.id
         return json.dumps(await handle.result())
 
-    console.print(asyncio.run(main()))
+    with _named_errors():
+        console.print(asyncio.run(main()))
 
 
 def _delete(ctx: typer.Context, kind: str, unit: str, at: str, wait: bool) -> None:
@@ -164,7 +189,8 @@ def _delete(ctx: typer.Context, kind: str, unit: str, at: str, wait: bool) -> No
             return handle.id
         return json.dumps(await handle.result())
 
-    console.print(asyncio.run(main()))
+    with _named_errors():
+        console.print(asyncio.run(main()))
 
 
 @app.command()

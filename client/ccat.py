@@ -40,7 +40,7 @@ from unembargo.models.ccat_tables import (
     RawDataPackage,
     place,
 )
-from unembargo.models.errors import SourceMismatch, UnsafeKey
+from unembargo.models.errors import DeletionRefused, SourceMismatch, UnsafeKey
 from unembargo.models.locations import DataLocation, LocationType, get_location
 
 
@@ -129,7 +129,10 @@ async def start_deletion(
     client: Client, session: Session, task_queue: str, kind: str, unit: str, location: str
 ) -> WorkflowHandle[object, object]:
     """Delete one copy (the activity refuses, DeletionRefused, unless the rule holds)."""
-    loc = place(session, get_location(session, location))
+    found = get_location(session, location)
+    if DELETION not in {op.value for op in found.served()}:
+        raise DeletionRefused(f"{location} is a {found.type} location: this flow never deletes from it")
+    loc = place(session, found)
     wid = deletion_workflow_id(kind, unit, location)
     await _start(
         client, DELETION_WORKFLOW, DeletionInput(kind, unit, location, loc.queue(DELETION)), wid, task_queue

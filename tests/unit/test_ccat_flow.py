@@ -10,6 +10,7 @@ copies deleted only then.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from contextlib import AsyncExitStack
@@ -83,6 +84,18 @@ async def test_new_work_fails_over_to_the_secondary_buffer_and_every_copy_ends_a
                 c.transfer_workflow_id(name), result_type=c.TransferResult
             )
             results[name] = await handle.result(rpc_timeout=RESULT_TIMEOUT)
+        # An operator asking to delete an archive copy: the run fails under its name, the copy stays.
+        cli_env = {
+            "UNEMBARGO_DATABASE_URL": settings.database_url.get_secret_value(),
+            "UNEMBARGO_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+            "UNEMBARGO_TEMPORAL_NAMESPACE": env.client.namespace,
+            "UNEMBARGO_WORKFLOW_TASK_QUEUE": queue,
+        }
+        archive = sites.archives[0].archive
+        refused = await asyncio.to_thread(
+            CliRunner().invoke, app, ["ccat", "delete", f"obs-a-{tag}", "--at", archive], env=cli_env
+        )
+        assert refused.exit_code == 1 and "DeletionRefused" in refused.output, refused.output
     assert a.files == 2
     assert all(r.packages == 1 and not r.refused for r in results.values())
     assert {r.destination for r in results.values()} == {x.site for x in sites.archives}, "not round-robin"
