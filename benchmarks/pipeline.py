@@ -159,7 +159,8 @@ def prepare_variant(settings: Settings) -> list[str]:
 
     from unembargo.devstack import rucio_server, temporal
     from unembargo.devstack.butler_repos import ensure_repos
-    from unembargo.models.tables import Location, connect, upsert_location
+    from unembargo.models.locations import DataLocation
+    from unembargo.models.tables import connect, upsert_location
 
     settings.dest_root.mkdir(parents=True, exist_ok=True)
     ensure_repos(settings)
@@ -173,8 +174,21 @@ def prepare_variant(settings: Settings) -> list[str]:
     asyncio.run(namespace())
     tag = settings.rucio_scope
     rows = [
-        Location(name=f"dest-{tag}", site="bench", kind="destination", storage=str(settings.dest_root)),
-        Location(name=f"rucio-{tag}", site="bench", kind="rucio", storage=settings.rucio_host),
+        DataLocation(
+            name=f"dest-{tag}",
+            site="bench",
+            type="long_term_archive",
+            storage="disk",
+            path=str(settings.dest_root),
+            operations="unembargo",
+        ),
+        DataLocation(
+            name=f"rucio-{tag}",
+            site="bench",
+            type="catalogue",
+            storage="service",
+            endpoint=settings.rucio_host,
+        ),
     ]
     with Session(connect(settings.database_url.get_secret_value())) as session:
         for row in rows:
@@ -417,11 +431,17 @@ class WorkerSet:
 
 async def polled_by(client: Client, settings: Settings, locations: list[str], count: int) -> bool:
     """Every queue of the variant has ``count`` pollers."""
+    from sqlmodel import Session
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-    queues = [(names.location_queue(n), TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY) for n in locations]
+    from unembargo.models.locations import location_queues
+    from unembargo.models.tables import connect
+
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        names_ = [q for n in locations for q in location_queues(session, n)]
+    queues = [(q, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY) for q in names_]
     queues.append((settings.workflow_task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW))
     for queue, kind in queues:
         resp = await client.workflow_service.describe_task_queue(

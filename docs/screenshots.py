@@ -47,11 +47,11 @@ from unembargo.devstack.s3 import LOCAL_ENV
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.engine.connection import connect
 from unembargo.engine.starter import start_exposures
-from unembargo.models import names
 from unembargo.models.exposure import STEPS, Exposure, Policy, Step, StepQueues
+from unembargo.models.locations import DataLocation, Operation, task_queue
 from unembargo.models.settings import Settings
-from unembargo.models.tables import Location, step_queues, upsert_location
 from unembargo.models.tables import connect as db_connect
+from unembargo.models.tables import step_queues, upsert_location
 
 OUT = Path(__file__).parent / "img"
 # A location that exists only for these scenes; its worker cannot reach Rucio.
@@ -77,7 +77,8 @@ def scene_worker(state: Path) -> subprocess.Popen[bytes]:
     """The scenes' workflows, and the BROKEN location (in a database of its own), pointed at no Rucio."""
     db = f"sqlite:///{state / 'screenshots.db'}"
     with Session(db_connect(db)) as session:
-        upsert_location(session, Location(name=BROKEN, site="screenshots", kind="rucio", storage=NO_RUCIO))
+        upsert_location(session, DataLocation(name=BROKEN, site="screenshots", type="catalogue",
+                                              storage="service", endpoint=NO_RUCIO))  # fmt: skip
     env = {**os.environ, **LOCAL_ENV, "UNEMBARGO_DATABASE_URL": db, "UNEMBARGO_RUCIO_HOST": NO_RUCIO,
            "UNEMBARGO_WORKFLOW_TASK_QUEUE": WORKFLOW_QUEUE, "UNEMBARGO_OTEL_EXPORTER": "none"}  # fmt: skip
     argv = [sys.executable, "-m", "unembargo.cli.app", "worker", "--location", BROKEN]
@@ -115,7 +116,8 @@ async def start_scenes(client: Client, settings: Settings, day: int) -> Scenes:
     seeded = [seed_exposure(settings, day, seq) for seq in (1, 2, 3, 4)]
     with Session(db_connect(settings.database_url.get_secret_value())) as session:
         queues = step_queues(session)
-    broken = replace(queues, register=names.location_queue(BROKEN), tag=names.location_queue(BROKEN))
+    nowhere = task_queue("screenshots", BROKEN, Operation.REGISTRATION)
+    broken = replace(queues, register=nowhere, tag=nowhere)
     blocking = blocking_zip(settings, day)
     blocking.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(blocking, "w") as zf:

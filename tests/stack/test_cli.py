@@ -79,14 +79,32 @@ def test_bad_duration_is_a_usage_error(settings: Settings) -> None:
 
 
 def test_locations_add_and_list(settings: Settings) -> None:
+    # A buffer: no step of the unembargo flow is routed to it, so later tests are not either.
     added = unembargo(
-        settings, "locations", "add", "summit-disk", "--site", "summit", "--kind", "destination",
-        "--storage", "/data/raw", "--priority", "-5",
+        settings, "locations", "add", "summit-disk", "--site", "summit", "--type", "buffer",
+        "--storage", "disk", "--path", "/data/raw", "--priority", "5",
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    listing = unembargo(settings, "locations", "list")
-    assert "summit-disk" in listing.stdout and "unembargo-loc-summit-disk" in listing.stdout
-    bad = unembargo(settings, "locations", "add", "../x", "--site", "s", "--kind", "rucio", "--storage", "x")
+    [row] = [
+        r
+        for r in json.loads(unembargo(settings, "locations", "list", "--json").stdout)
+        if r["name"] == "summit-disk"
+    ]
+    assert row["priority"] == 5 and "summit_summit-disk_transfer" in row["queues"]
+    bad = unembargo(
+        settings,
+        "locations",
+        "add",
+        "../x",
+        "--site",
+        "s",
+        "--type",
+        "buffer",
+        "--storage",
+        "disk",
+        "--path",
+        "/x",
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 from sqlmodel import Session, select
+from temporalio.activity import _Definition
+from temporalio.testing import WorkflowEnvironment
 
-from unembargo.models import locations
-from unembargo.models.exposure import STEPS
+from unembargo.models import locations, names
+from unembargo.models.exposure import DESTINATION, RUCIO, STEPS
+from unembargo.models.flow import steps_at
 from unembargo.models.locations import (
     OPERATIONS,
     DataLocation,
@@ -29,7 +32,9 @@ from unembargo.models.locations import (
 )
 from unembargo.models.migrations import current, heads
 from unembargo.models.names import InvalidName
+from unembargo.models.settings import Settings
 from unembargo.models.tables import Effect, connect, step_queues
+from unembargo.workers import worker
 
 T, Op = LocationType, Operation
 
@@ -213,3 +218,26 @@ def test_a_kind_the_migration_does_not_know_is_refused_by_name(tmp_path: Path) -
         db.executescript(OLD_SCHEMA + "INSERT INTO location VALUES ('odd', 'SLAC', 'tape', '/t', 0, 1);")
     with pytest.raises(RuntimeError, match="location 'odd' has kind 'tape'"):
         connect(f"sqlite:///{path}")
+
+
+async def test_a_worker_serves_a_migrated_locations_legacy_queue_with_its_former_steps(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """Workflows started before the migration call ``unembargo-loc-<name>``: still polled, with
+    every activity the location's former kind ran."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_SCHEMA)
+    settings = Settings(database_url=f"sqlite:///{path}", dest_root=tmp_path)
+    built = worker.build_workers(env.client, settings, ["slac-dest", "slac_rucio"], serve_workflows=False)
+    served = {
+        w.task_queue: {_Definition.must_from_callable(fn).name for fn in w.config().get("activities", [])}
+        for w in built
+    }
+    zip_steps = {STEPS[s].activity for s in steps_at(STEPS, DESTINATION)} | {names.SELECT_ACTIVITY}
+    rucio_steps = {STEPS[s].activity for s in steps_at(STEPS, RUCIO)}
+    assert zip_steps <= served["unembargo-loc-slac-dest"] == served["slac_slac-dest_unembargo"]
+    # (Other flows' activities may share an operation's queue.)
+    assert rucio_steps <= served["unembargo-loc-slac_rucio"] == served["slac-2_slac_rucio_registration"]
+    # The former queue names are exactly what those workflows' inputs carry.
+    assert names.location_queue("slac-dest") == "unembargo-loc-slac-dest"
