@@ -186,7 +186,9 @@ class RawIntegrityActivities:
             wid = batch_workflow_id(inp.rse)
             await self.client.start_workflow(
                 BATCH_WORKFLOW,
-                BatchInput(inp.rse, inp.queue, BatchPolicy(batch_size=inp.batch_size)),
+                BatchInput(
+                    inp.rse, inp.queue, BatchPolicy(batch_size=inp.batch_size, heartbeat_s=inp.heartbeat_s)
+                ),
                 id=wid,
                 task_queue=inp.workflow_queue,
                 start_signal=REGISTER_SIGNAL,

@@ -147,8 +147,9 @@ class BatchPolicy:
     batch_size: int = 100
     # A batch not yet full waits this long for more files before it is registered anyway.
     batch_wait_s: float = 5.0
-    # Continue as new after this many batches (history stays bounded).
-    batches_per_run: int = 50
+    # Continue as new after this many batches: each answers its files by signal (two events a
+    # file), so a run's history stays near 2000 events.
+    batches_per_run: int = 10
     heartbeat_s: float = 30.0
 
 
@@ -232,7 +233,9 @@ class RequestInput:
     # Queue of the catalogue's registration operation, where the batcher's Rucio calls run.
     queue: str
     workflow_queue: str
+    # The batcher's policy, if this request starts it.
     batch_size: int = 100
+    heartbeat_s: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,13 @@ class RawFileWorkflow:
             if s.adler32 is None:
                 s.size, s.adler32 = put.size, put.adler32
                 self._set(State.ACTIVE, Step.PUT)
+            elif (put.size, put.adler32) != (s.size, s.adler32):
+                # A retry takes the file as it is now (a tape copy of the old one fails the comparison).
+                old, s.size, s.adler32 = f"{s.size} bytes, adler32 {s.adler32}", put.size, put.adler32
+                raise _OperatorNeeded(
+                    f"SourceChanged: the online {s.lfn} has {put.size} bytes, adler32 {put.adler32}, not the "
+                    f"{old} of its first put. Retry puts it as it is now; give_up keeps it online."
+                )
             s.put_at = workflow.now().isoformat()
             tape = await self._wait_migration(inp)
             if tape.adler32 == s.adler32 and tape.size == s.size:
@@ -229,6 +236,7 @@ class RawFileWorkflow:
                     inp.queues[Step.REGISTER.value],
                     inp.workflow_queue,
                     inp.policy.register_batch_size,
+                    inp.policy.heartbeat_s,
                 ),
             )
             self._set_step(Step.REGISTER)

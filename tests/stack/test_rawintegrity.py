@@ -2,11 +2,13 @@
 location go to the tape location, migrate (the stack's tape service, a second's delay), are
 registered in the real Rucio at a tape RSE in batches, and only then leave the online storage.
 A corrupted tape copy and a file that never migrates end waiting for an operator, online kept.
+The worker is SIGKILLed once, just before it removes an online copy, and replaced.
 
 What only the unit layer proves (tests/unit/test_rawintegrity_workflow.py, time-skipping server):
 a crash before and after each step's side effect, Rucio down, the online system refusing the
 removal, a replica lost between registration and removal, duplicate requests, an operator's
-retry and give_up. Here the real removal activity's own refusal is proven once.
+retry and give_up, a kill at every other point. Here the real removal activity's own refusal is
+proven once.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ from unembargo.workflows.rawintegrity import RawFileWorkflow
 FILES = 100
 SIZE = 2048
 # Fast enough for a test: checks after 0.5 s growing to 2 s; a file not on tape in 15 s is
-# reported; two bad copies (not three) before an operator is asked.
+# reported; two bad copies (not three) before an operator is asked; a killed activity is
+# noticed after 5 s without a heartbeat.
 POLICY = r.RawPolicy(
     max_transfers=2, migration_first_s=0.5, migration_backoff=1.5, migration_max_interval_s=2.0,
-    migration_limit_s=15.0, register_reply_s=30.0, heartbeat_s=10.0,
+    migration_limit_s=15.0, register_reply_s=30.0, heartbeat_s=5.0,
 )  # fmt: skip
 
 
@@ -59,6 +62,15 @@ class Raw:
     tape: Path
     run: str
     worker: WorkerProcess
+    locations: list[str]
+    env: dict[str, str]
+    markers: Path
+
+    async def replace_killed_worker(self) -> None:
+        """Once the worker is SIGKILLed at its crash point, start a healthy one."""
+        await poll_until(lambda: not self.worker.alive(), 60, "the worker to be killed before a removal")
+        assert (self.markers / "remove_online-acting").exists()
+        self.worker = WorkerProcess(self.settings, self.locations, env=self.env)
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +107,17 @@ def raw(module_settings: Settings, rucio: object, tmp_path_factory: pytest.TempP
     env = {f"UNEMBARGO_RAWINTEGRITY_{k.upper()}": str(v) for k, v in config.model_dump().items() if v}
     os.environ.update(env)
     locations = [config.online_location, config.tape_location, config.catalogue_location or ""]
-    worker = WorkerProcess(settings, locations, env=env)
+    # The first worker is SIGKILLed once, just before it would remove an online copy (after its
+    # checks); the test starts another, which must finish that file without removing twice.
+    markers = root / "crash-markers"
+    markers.mkdir()
+    crash = {"UNEMBARGO_CRASH_AT": "remove_online:acting", "UNEMBARGO_CRASH_MARKERS": str(markers)}
+    raw = Raw(settings, config, online, tape, f"LHCb/2026/RAW/run{tag}",
+              WorkerProcess(settings, locations, env={**env, **crash}), locations, env, markers)  # fmt: skip
     try:
-        yield Raw(settings, config, online, tape, f"LHCb/2026/RAW/run{tag}", worker)
+        yield raw
     finally:
-        worker.stop()
+        raw.worker.stop()
         service.terminate()
         service.wait(10)
         for key in env:
@@ -136,6 +154,7 @@ async def test_a_run_goes_to_tape_and_leaves_online_only_when_verified(raw: Raw,
     assert await ri.put(client, settings, where, lfns, POLICY) == Counter(started=FILES + 2)
     good = [lfn for lfn in lfns if "/run_" in lfn]
     bad, never = f"{raw.run}/bad_0001.raw", f"{raw.run}/never_0001.raw"
+    await raw.replace_killed_worker()
 
     for lfn in good:
         handle = client.get_workflow_handle(r.file_workflow_id(lfn), result_type=r.RawFileState)

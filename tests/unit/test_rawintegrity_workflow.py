@@ -58,6 +58,8 @@ class World:
     rucio_down: int = 0
     # Each registration request is sent twice (a resend after a lost answer, a retried activity).
     duplicate_requests: bool = False
+    # Files whose online content changes after their first put (new size and checksum).
+    changing: set[str] = field(default_factory=set)
     refuse_removal: int = 0
     # Replicas Rucio loses after registering them (a catalogue that cannot be trusted).
     forget: set[str] = field(default_factory=set)
@@ -89,6 +91,9 @@ class World:
 
         @activity.defn(name=r.STEPS[r.Step.PUT].activity)
         async def put(inp: r.PutInput) -> r.PutReceipt:
+            if inp.lfn in w.changing and w.puts[inp.lfn]:
+                w.changing.discard(inp.lfn)
+                w.online[inp.lfn] = (4321, "cafebabe")
             want = w.online.get(inp.lfn)
             if want is None:
                 raise ApplicationError("gone", type="MissingOnline", non_retryable=True)
@@ -326,6 +331,25 @@ async def test_a_file_that_never_migrates_waits_for_an_operator(env: WorkflowEnv
         await handle.signal(RawFileWorkflow.decide, r.RETRY)
         got = await handle.result(rpc_timeout=timedelta(seconds=RESULT_TIMEOUT))
     assert got.state == r.State.DONE and world.puts[name] == 1
+
+
+async def test_a_source_changed_between_transfers_waits_then_goes_as_it_is(
+    env: WorkflowEnvironment, queue: str
+) -> None:
+    """The online file changes after a bad copy: SourceChanged for an operator; retry sends the new
+    content, and the old tape copy is never taken for it."""
+    world = World()
+    [name] = world.files(1)
+    world.corrupt[name] = 1
+    world.changing.add(name)
+    async with worker(env, queue, world):
+        handle = await start(env, queue, name)
+        waiting = await until(env, handle, r.WAITING_OPERATOR)
+        assert waiting.operator is not None and waiting.operator.startswith("SourceChanged")
+        await handle.signal(RawFileWorkflow.decide, r.RETRY)
+        got = await handle.result(rpc_timeout=timedelta(seconds=RESULT_TIMEOUT))
+    assert got.state == r.State.DONE and (got.size, got.adler32) == (4321, "cafebabe")
+    assert world.rucio[name] == (4321, "cafebabe") and not world.unsafe_removals
 
 
 async def test_catalogue_down_then_back(env: WorkflowEnvironment, queue: str) -> None:
