@@ -191,7 +191,7 @@ async def status(client: Client, prefix: str | None = None) -> RawStatus:
         steps[step] += 1
         if running and state not in (State.DONE.value, State.FAILED.value):
             found.waiting_files += 1
-            found.waiting_bytes += attrs.get(SA_RAW_BYTES) or 0
+            found.waiting_bytes += int(attrs.get(SA_RAW_BYTES) or 0)
             if step == WAITING_OPERATOR:
                 asking.append(wf.id)
     found.by_state, found.by_step = dict(states), dict(steps)

@@ -49,9 +49,10 @@ SA_INSTRUMENT = SearchAttributeKey.for_keyword("instrument")
 SA_DAY_OBS = SearchAttributeKey.for_int("day_obs")
 SA_OBS_ID = SearchAttributeKey.for_keyword("obs_id")
 SA_STEP = SearchAttributeKey.for_keyword("step")
-# A raw file's state and size in the rawintegrity flow (models/rawintegrity.py).
+# A raw file's state and size in the rawintegrity flow (models/rawintegrity.py); the size is a
+# Double because the dev server's visibility store takes only three Int attributes.
 SA_RAW_STATE = SearchAttributeKey.for_keyword("rawintegrity_state")
-SA_RAW_BYTES = SearchAttributeKey.for_int("rawintegrity_bytes")
+SA_RAW_BYTES = SearchAttributeKey.for_float("rawintegrity_bytes")
 # Name -> Temporal type, as the server registers them.
 SEARCH_ATTRIBUTES = {
     SA_INSTRUMENT.name: "Keyword",
@@ -59,7 +60,7 @@ SEARCH_ATTRIBUTES = {
     SA_OBS_ID.name: "Keyword",
     SA_STEP.name: "Keyword",
     SA_RAW_STATE.name: "Keyword",
-    SA_RAW_BYTES.name: "Int",
+    SA_RAW_BYTES.name: "Double",
 }
 
 

@@ -115,7 +115,7 @@ class RawFileWorkflow:
             SA_STEP.value_set(step),
         ]
         if self._s.size is not None:
-            attrs.append(SA_RAW_BYTES.value_set(self._s.size))
+            attrs.append(SA_RAW_BYTES.value_set(float(self._s.size)))
         workflow.upsert_search_attributes(attrs)
 
     def _set_step(self, step: str) -> None:

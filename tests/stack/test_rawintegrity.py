@@ -69,7 +69,7 @@ class Raw:
     async def replace_killed_worker(self) -> None:
         """Once the worker is SIGKILLed at its crash point, start a healthy one."""
         await poll_until(lambda: not self.worker.alive(), 60, "the worker to be killed before a removal")
-        assert (self.markers / "remove_online-acting").exists()
+        assert (self.markers / "remove_online-acting").exists(), self.worker.output()[-3000:]
         self.worker = WorkerProcess(self.settings, self.locations, env=self.env)
 
 
