@@ -53,6 +53,10 @@ SA_STEP = SearchAttributeKey.for_keyword("step")
 # Double because the dev server's visibility store takes only three Int attributes.
 SA_RAW_STATE = SearchAttributeKey.for_keyword("rawintegrity_state")
 SA_RAW_BYTES = SearchAttributeKey.for_float("rawintegrity_bytes")
+# A carousel request's status and its dataset's files: total and announced (models/carousel.py).
+SA_CAROUSEL_STATUS = SearchAttributeKey.for_keyword("carousel_status")
+SA_CAROUSEL_TOTAL = SearchAttributeKey.for_int("carousel_total_files")
+SA_CAROUSEL_PROCESSED = SearchAttributeKey.for_int("carousel_processed_files")
 # Name -> Temporal type, as the server registers them.
 SEARCH_ATTRIBUTES = {
     SA_INSTRUMENT.name: "Keyword",
@@ -61,6 +65,9 @@ SEARCH_ATTRIBUTES = {
     SA_STEP.name: "Keyword",
     SA_RAW_STATE.name: "Keyword",
     SA_RAW_BYTES.name: "Double",
+    SA_CAROUSEL_STATUS.name: "Keyword",
+    SA_CAROUSEL_TOTAL.name: "Int",
+    SA_CAROUSEL_PROCESSED.name: "Int",
 }
 
 
