@@ -76,7 +76,7 @@ from unembargo.models.ccat_tables import (
     copies_of,
     deletable,
     place,
-    upsert_copy,
+    record_verified,
 )
 from unembargo.models.errors import ChecksumMismatch, DeletionRefused, UnsafeKey
 from unembargo.models.locations import (
@@ -108,6 +108,19 @@ def corrupt_once(point: str, path: Path) -> None:
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def verified_or_removed(store: Store, relpath: str, expected: str, what: str) -> str:
+    """The sha256 of what ``store`` holds at ``relpath`` if it is ``expected``; else the copy is
+    removed and ChecksumMismatch raised (the step runs again: a new copy is made)."""
+    got = store.sha256(relpath)
+    if got != expected:
+        store.delete(relpath)
+        raise ChecksumMismatch(
+            f"{what} reached {store.name} with sha256 {got[:12]}..., expected {expected[:12]}...; "
+            "removed, copying again"
+        )
+    return got
 
 
 def _disk(loc: DataLocation) -> DiskStore:
@@ -210,18 +223,7 @@ class CcatActivities:
             pkg.files, pkg.size, pkg.checksum = len(files), size, checksum
             pkg.updated = datetime.now(UTC)
             session.add(pkg)
-            upsert_copy(
-                session,
-                PhysicalCopy(
-                    kind=PACKAGE,
-                    unit=inp.package,
-                    location=inp.buffer,
-                    relpath=relpath,
-                    size=size,
-                    checksum=checksum,
-                    verified=True,
-                ),
-            )
+            record_verified(session, PACKAGE, inp.package, inp.buffer, relpath, size, checksum)
             session.commit()
             return PackageReceipt(inp.package, len(files), size, checksum)
 
@@ -313,18 +315,7 @@ class CcatActivities:
             session.refresh(dtp)
             dtp.size, dtp.checksum, dtp.updated = size, checksum, datetime.now(UTC)
             session.add(dtp)
-            upsert_copy(
-                session,
-                PhysicalCopy(
-                    kind=BUNDLE,
-                    unit=dtp.name,
-                    location=inp.buffer,
-                    relpath=relpath,
-                    size=size,
-                    checksum=checksum,
-                    verified=True,
-                ),
-            )
+            record_verified(session, BUNDLE, dtp.name, inp.buffer, relpath, size, checksum)
             session.commit()
             return self._close_receipt(session, dtp)
 
@@ -397,26 +388,9 @@ class CcatActivities:
             with heartbeating():
                 seconds = rsync(src.path(relpath), dst.path(relpath))
                 corrupt_once("transfer", dst.path(relpath))
-                got = dst.sha256(relpath)
-            if got != inp.checksum:
-                dst.delete(relpath)
-                raise ChecksumMismatch(
-                    f"transfer package {inp.transfer} arrived at {inp.destination} with sha256 {got[:12]}..."
-                    f", sent as {inp.checksum[:12]}...; removed, sending again"
-                )
+                got = verified_or_removed(dst, relpath, inp.checksum, f"transfer package {inp.transfer}")
             checkpoint("ccat_transfer", "acted")
-            upsert_copy(
-                session,
-                PhysicalCopy(
-                    kind=BUNDLE,
-                    unit=inp.transfer,
-                    location=inp.destination,
-                    relpath=relpath,
-                    size=inp.size,
-                    checksum=got,
-                    verified=True,
-                ),
-            )
+            record_verified(session, BUNDLE, inp.transfer, inp.destination, relpath, inp.size, got)
             _set_transfer_state(session, inp.transfer, TransferState.TRANSFERRED)
             session.commit()
             return TransferReceipt(inp.size, seconds)
@@ -440,18 +414,7 @@ class CcatActivities:
                 for p in todo:
                     relpath = package_relpath(p.name)
                     size = ccat_tar.extract(tar, ccat_tar_name(p.name), buffer.path(relpath), p.checksum)
-                    upsert_copy(
-                        session,
-                        PhysicalCopy(
-                            kind=PACKAGE,
-                            unit=p.name,
-                            location=inp.buffer,
-                            relpath=relpath,
-                            size=size,
-                            checksum=p.checksum,
-                            verified=True,
-                        ),
-                    )
+                    record_verified(session, PACKAGE, p.name, inp.buffer, relpath, size, p.checksum)
                     _set_package_state(session, p.name, PackageState.TRANSFERRED)
                     session.commit()
             if todo:
@@ -497,27 +460,9 @@ class CcatActivities:
         self._record(session, p.name, step, f"put {dst.name}")
         with tempfile.TemporaryDirectory(prefix="ccat-") as scratch:
             copy(src, dst, relpath, p.checksum, Path(scratch))
-        got = dst.sha256(relpath)
-        if got != p.checksum:
-            dst.delete(relpath)
-            raise ChecksumMismatch(
-                f"package {p.name} reached {dst.name} with sha256 {got[:12]}..., "
-                f"expected {p.checksum[:12]}...; "
-                "removed, copying again"
-            )
+        got = verified_or_removed(dst, relpath, p.checksum, f"package {p.name}")
         dst.put_json(relpath + SIDECAR_SUFFIX, self._sidecar(session, p, transfer))
-        upsert_copy(
-            session,
-            PhysicalCopy(
-                kind=PACKAGE,
-                unit=p.name,
-                location=dst.name,
-                relpath=relpath,
-                size=p.size,
-                checksum=got,
-                verified=True,
-            ),
-        )
+        record_verified(session, PACKAGE, p.name, dst.name, relpath, p.size, got)
         _set_package_state(session, p.name, PackageState.ARCHIVED)
         session.commit()
         return True
@@ -625,10 +570,7 @@ class CcatActivities:
             self._record(session, inp.package, StageStep.STAGE, f"stage from {archive.name}")
             with heartbeating():
                 src.get(relpath, dst.path(relpath))
-                got = dst.sha256(relpath)
-                if got != pkg.checksum:
-                    dst.delete(relpath)
-                    raise ChecksumMismatch(f"package {inp.package} staged from {archive.name} does not match")
+                got = verified_or_removed(dst, relpath, pkg.checksum, f"package {inp.package}")
                 for f in files:
                     ccat_tar.extract(
                         dst.path(relpath),
@@ -636,18 +578,8 @@ class CcatActivities:
                         dst.path(f"{STAGED_DIR}/{inp.package}/{f.name}"),
                         f.checksum,
                     )
-            upsert_copy(
-                session,
-                PhysicalCopy(
-                    kind=PACKAGE,
-                    unit=inp.package,
-                    location=inp.location,
-                    relpath=relpath,
-                    size=pkg.size,
-                    checksum=got,
-                    verified=True,
-                    state=CopyState.STAGED,
-                ),
+            record_verified(
+                session, PACKAGE, inp.package, inp.location, relpath, pkg.size, got, CopyState.STAGED
             )
             session.commit()
             return StageReceipt(archive.name, len(files), pkg.size)

@@ -195,6 +195,30 @@ def _observation(session: Session, package: str) -> str:
     return found.observation if found is not None else package
 
 
+def record_verified(
+    session: Session,
+    kind: str,
+    unit: str,
+    location: str,
+    relpath: str,
+    size: int,
+    checksum: str,
+    state: CopyState = CopyState.PRESENT,
+) -> PhysicalCopy:
+    """The row of bytes just read back at ``location`` and found to match; not committed."""
+    copy = PhysicalCopy(
+        kind=kind,
+        unit=unit,
+        location=location,
+        relpath=relpath,
+        size=size,
+        checksum=checksum,
+        verified=True,
+        state=state,
+    )
+    return upsert_copy(session, copy)
+
+
 def upsert_copy(session: Session, copy: PhysicalCopy) -> PhysicalCopy:
     """Create or replace the row of (kind, unit, location); not committed."""
     found = session.exec(
