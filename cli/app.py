@@ -17,7 +17,18 @@ from typing import Annotated
 
 import typer
 
-from unembargo.cli import arrivals, ccat, dev, locations, reconcile, schedule, start, status, workers
+from unembargo.cli import (
+    arrivals,
+    ccat,
+    dev,
+    locations,
+    rawintegrity,
+    reconcile,
+    schedule,
+    start,
+    status,
+    workers,
+)
 from unembargo.engine.errors import SourceUnavailable, TemporalUnreachable
 from unembargo.models.settings import Settings
 
@@ -33,6 +44,7 @@ app.command()(status.retry)
 app.command()(arrivals.listen)
 app.add_typer(arrivals.app, name="arrivals")
 app.add_typer(ccat.app, name="ccat")
+app.add_typer(rawintegrity.app, name="rawintegrity")
 
 
 @app.callback()
