@@ -149,3 +149,39 @@ def test_every_step_has_one_activity_at_a_known_operation() -> None:
         assert fn.__temporal_activity_definition.name == spec.activity, step
         assert Operation(spec.location) in Operation, step
         assert r.STEP_OF_ACTIVITY[spec.activity] == step
+
+
+async def test_the_worker_serves_each_step_where_the_route_sends_it(env: Any, tmp_path: Path) -> None:
+    """build_workers puts each activity on its operation's queue at the locations served, and
+    route() sends each step to exactly such a queue."""
+    from unembargo.client.rawintegrity import route
+    from unembargo.workers import worker
+
+    settings = Settings(
+        state_dir=tmp_path / "state", database_url=SecretStr(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    )
+    resources = Resources(settings)
+    with Session(resources.engine) as session:
+        site, disk, tape, cat = "pit", StorageType.DISK, StorageType.TAPE, StorageType.SERVICE
+        for loc in (
+            DataLocation(name="online", site=site, type=LocationType.SOURCE, storage=disk, path="/o"),
+            DataLocation(
+                name="tape", site=site, type=LocationType.LONG_TERM_ARCHIVE, storage=tape, path="/t"
+            ),
+            DataLocation(
+                name="cat", site=site, type=LocationType.CATALOGUE, storage=cat, endpoint="http://rucio"
+            ),
+        ):
+            upsert_location(session, loc)
+        where = route(session, r.RawIntegritySettings(online_location="online", tape_location="tape"))
+    built = worker.build_workers(env.client, settings, ["online", "tape", "cat"])
+    served = {
+        w.task_queue: {fn.__temporal_activity_definition.name for fn in w.config().get("activities", [])}
+        for w in built
+    }
+    for step, spec in r.STEPS.items():
+        assert spec.activity in served[where.queues[step.value]], step
+    assert where.queues[r.Step.REMOVE_ONLINE.value] == "pit_online_deletion"
+    assert where.queues[r.Step.PUT.value] == "pit_tape_archive_transfer"
+    [flows] = [w.config().get("workflows", []) for w in built if w.task_queue == settings.workflow_task_queue]
+    assert {f.__name__ for f in flows} >= {"RawFileWorkflow", "RegisterBatchWorkflow"}
