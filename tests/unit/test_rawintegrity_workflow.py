@@ -445,3 +445,23 @@ async def test_decisions_are_ignored_unless_an_operator_is_asked(
         await handle.signal(RawFileWorkflow.decide, r.GIVE_UP)
         got = await handle.result(rpc_timeout=timedelta(seconds=RESULT_TIMEOUT))
     assert got.state == r.State.DONE and got.decisions == []
+
+
+async def test_histories_replay_on_todays_code(env: WorkflowEnvironment, queue: str) -> None:
+    """A file's history (a bad copy, an operator's retry) and its batcher's replay deterministically."""
+    from temporalio.worker import Replayer
+
+    world = World()
+    [name] = world.files(1)
+    world.corrupt[name] = 2
+    policy = r.RawPolicy(max_transfers=2, migration_first_s=60)
+    async with worker(env, queue, world):
+        handle = await start(env, queue, name, policy)
+        await until(env, handle, r.WAITING_OPERATOR)
+        await handle.signal(RawFileWorkflow.decide, r.RETRY)
+        await handle.result(rpc_timeout=timedelta(seconds=RESULT_TIMEOUT))
+        batcher = env.client.get_workflow_handle(r.batch_workflow_id(f"{RSE}_{queue}"))
+        histories = [await handle.fetch_history(), await batcher.fetch_history()]
+    replayer = Replayer(workflows=[RawFileWorkflow, RegisterBatchWorkflow])
+    for history in histories:
+        await replayer.replay_workflow(history)
