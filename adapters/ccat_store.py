@@ -16,8 +16,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from unembargo.adapters.ccat_tar import CHUNK, install, sha256_file
-from unembargo.adapters.destination import staging_path
+from unembargo.adapters.ccat_tar import CHUNK, install, sha256_file, staging_for
 from unembargo.adapters.s3 import S3Client
 from unembargo.adapters.s3 import connect as s3_connect
 from unembargo.models.errors import UnsafeKey
@@ -83,7 +82,7 @@ class DiskStore:
     def put(self, local: Path, relpath: str, checksum: str) -> None:
         final = self.path(relpath)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = staging_path(final)
+        tmp = staging_for(final)
         try:
             shutil.copyfile(local, tmp)
             install(tmp, final)
@@ -93,13 +92,13 @@ class DiskStore:
     def put_json(self, relpath: str, data: dict[str, Any]) -> None:
         final = self.path(relpath)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = staging_path(final)
+        tmp = staging_for(final)
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         install(tmp, final)
 
     def get(self, relpath: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = staging_path(local)
+        tmp = staging_for(local)
         try:
             shutil.copyfile(self.path(relpath), tmp)
             install(tmp, local)
@@ -153,7 +152,7 @@ class S3Store:
 
     def get(self, relpath: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = staging_path(local)
+        tmp = staging_for(local)
         try:
             self.client.download_file(self.bucket, self.key(relpath), str(tmp))
             install(tmp, local)

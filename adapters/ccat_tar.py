@@ -4,8 +4,8 @@ A package is a tar of one observation's raw files; a transfer package is a tar o
 package tars. The same members always give the same bytes (sorted names, fixed
 owner, mode and time), so a tar rebuilt after a crash has the checksum the first one
 had. Every member is hashed as it is read and compared with what it should be; the
-tar goes to a staging name of its attempt's own beside its final one (``staging_path``) and
-is renamed only when complete.
+tar goes to a staging name of its attempt's own beside its final one (``staging_for``: what a
+killed attempt left there is removed first) and is renamed only when complete.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from unembargo.adapters.destination import staging_path
+from unembargo.adapters.destination import remove_stale_staging, staging_path
 from unembargo.models.errors import ChecksumMismatch, SourceMismatch
 
 CHUNK = 1 << 20
@@ -74,6 +74,13 @@ class _Verified:
         return data
 
 
+def staging_for(final: Path) -> Path:
+    """A staging name of this attempt's own for ``final``, once what a killed attempt left
+    beside it is removed."""
+    remove_stale_staging(final)
+    return staging_path(final)
+
+
 def install(tmp: Path, final: Path) -> None:
     """Make ``tmp`` durable and give it its final name."""
     with open(tmp, "rb") as f:
@@ -87,7 +94,7 @@ def build(members: Iterable[Member], out: Path) -> tuple[int, str]:
     A member whose bytes do not match its checksum is SourceMismatch: nothing is installed.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_path(out)
+    tmp = staging_for(out)
     try:
         with open(tmp, "wb") as raw:
             sink = _Hashing(raw)
@@ -116,7 +123,7 @@ def extract(tar_path: Path, name: str, out: Path, checksum: str) -> int:
     A member that does not match is ChecksumMismatch and leaves nothing at ``out``.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_path(out)
+    tmp = staging_for(out)
     try:
         with tarfile.open(tar_path, mode="r:") as tar:
             try:
