@@ -33,11 +33,13 @@ from unembargo.adapters.fits_files import (
     inside,
     md5_of,
 )
-from unembargo.adapters.fits_start import file_input, start_file
+from unembargo.adapters.fits_start import file_input, start_file, start_files
 from unembargo.models.fits import FitsSettings
 from unembargo.models.fits_flow import (
+    DATAFLOW,
     DHS,
     OPERATION_OF_ROLE,
+    REQUEUE_ACTIVITY,
     SCAN_ACTIVITY,
     STEPS,
     UNCHANGED,
@@ -51,6 +53,8 @@ from unembargo.models.fits_flow import (
     IngestReceipt,
     PreviewInput,
     PreviewReceipt,
+    RequeueInput,
+    RequeueReceipt,
     ScanInput,
     ScanReceipt,
     Step,
@@ -139,6 +143,25 @@ class FitsActivities:
         with self._session() as session:
             fits_watch.mark_started(session, location, ready)
 
+    @activity.defn(name=REQUEUE_ACTIVITY)
+    async def fits_requeue(self, inp: RequeueInput) -> RequeueReceipt:
+        """Select the files to run again and start (or signal) each one's workflow, from its ingest."""
+
+        def inputs() -> list[Any]:
+            with self._session() as session:
+                root = self._root(inp.dataflow)
+                names = fits_db.requeue_names(session, inp.dataflow, root, inp.file_re, inp.days, inp.path)
+                return [
+                    file_input(session, n, None, inp.dataflow, inp.destinations, inp.archive,
+                               inp.force, inp.force_md5, inp.policy)
+                    for n in names
+                ]  # fmt: skip
+
+        runs = await asyncio.to_thread(inputs)
+        activity.heartbeat(len(runs))
+        started = await start_files(self.client, inp.workflow_queue, runs)
+        return RequeueReceipt(len(runs), len(started))
+
     # ------------------------------------------------------------------ the dataflow disk
 
     @activity.defn(name=STEPS[Step.COPY].activity)
@@ -163,6 +186,7 @@ class FitsActivities:
     @activity.defn(name=STEPS[Step.INGEST].activity)
     def fits_ingest(self, inp: IngestInput) -> IngestReceipt:
         path = inside(self._root(inp.location), inp.name)
+
         def before(outcome: str) -> None:
             checkpoint("fits_ingest", "acting")
             self._record(inp.name, "fits_ingest", outcome)
@@ -234,6 +258,7 @@ class FitsActivities:
                         UNCHANGED, now.md5, now.size, now.fits_ok,
                         header.instrument if header else None, header.observation_type if header else None,
                     )  # fmt: skip
+
             def before(outcome: str) -> None:
                 checkpoint("fits_archive_ingest", "acting")
                 self._record(inp.name, "fits_archive_ingest", outcome)
@@ -289,7 +314,7 @@ def _unavailable(message: str, wait: timedelta) -> ApplicationError:
 
 def fits_activities(impl: FitsActivities) -> dict[str, list[Callable[..., Any]]]:
     """Operation -> the FITS activities its queues run (models/fits_flow.OPERATION_OF_ROLE)."""
-    by_role: dict[str, list[Callable[..., Any]]] = {DHS: [impl.scan_dhs]}
+    by_role: dict[str, list[Callable[..., Any]]] = {DHS: [impl.scan_dhs], DATAFLOW: [impl.fits_requeue]}
     for spec in STEPS.values():
         by_role.setdefault(spec.location, []).append(getattr(impl, spec.activity))
     return {OPERATION_OF_ROLE[role]: fns for role, fns in by_role.items()}

@@ -8,6 +8,7 @@ half-way leaves the previous state and runs again from it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from unembargo.models.fits import (
 )
 from unembargo.models.fits_flow import (
     CAL_TYPES,
+    FITS,
     INGESTED,
     REINGESTED,
     SCIENCE,
@@ -36,6 +38,7 @@ from unembargo.models.fits_flow import (
     backoff,
     best_calibration,
     matches,
+    name_kind,
     reingest_needed,
 )
 
@@ -271,3 +274,43 @@ def destination_ok(session: Session, name: str, now: datetime) -> None:
 def remaining(row: FitsDestination, now: datetime) -> timedelta:
     assert row.backoff_until is not None
     return _utc(row.backoff_until) - now
+
+
+# ---------------------------------------------------------------------------- requeue
+
+
+def requeue_names(
+    session: Session,
+    location: str,
+    root: Path,
+    file_re: str | None = None,
+    days: float | None = None,
+    path: str | None = None,
+) -> list[str]:
+    """Names to run again: the FITS files at ``path`` (a file of the dataflow disk ``root``, or
+    the disk itself), else the location's ingested files; filtered by ``file_re`` and by
+    ``days`` of lastmod."""
+    pattern = re.compile(file_re) if file_re else None
+    since = datetime.now(UTC) - timedelta(days=days) if days is not None else None
+    if path is not None:
+        base = root.resolve()
+        target = (base / path).resolve()
+        if target != base and target.parent != base:
+            raise ValueError(f"--path {path!r} is not a file of the dataflow disk {root} (it is flat)")
+        files = [target] if target.is_file() else sorted(p for p in target.iterdir() if p.is_file())
+        names = [
+            p.name
+            for p in files
+            if name_kind(p.name) == FITS
+            and (since is None or datetime.fromtimestamp(p.stat().st_mtime, UTC) >= since)
+        ]
+    else:
+        rows = session.exec(
+            select(FitsFile.name, FitsDiskFile.lastmod)
+            .join(FitsDiskFile, col(FitsDiskFile.file_id) == col(FitsFile.id))
+            .where(FitsDiskFile.location == location, col(FitsDiskFile.canonical).is_(True))
+            .where(col(FitsDiskFile.present).is_(True))
+            .order_by(col(FitsFile.name))
+        ).all()
+        names = [n for n, lastmod in rows if since is None or _utc(lastmod) >= since]
+    return [n for n in names if pattern is None or pattern.search(n)]

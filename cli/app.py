@@ -21,6 +21,7 @@ from unembargo.cli import (
     arrivals,
     ccat,
     dev,
+    fits,
     locations,
     rawintegrity,
     reconcile,
@@ -44,6 +45,7 @@ app.command()(status.retry)
 app.command()(arrivals.listen)
 app.add_typer(arrivals.app, name="arrivals")
 app.add_typer(ccat.app, name="ccat")
+app.add_typer(fits.app, name="fits")
 app.add_typer(rawintegrity.app, name="rawintegrity")
 
 

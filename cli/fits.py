@@ -13,7 +13,8 @@ from rich.table import Table
 from sqlmodel import Session
 
 from unembargo.models.fits import FitsSettings
-from unembargo.models.settings import Settings
+from unembargo.models.fits_flow import requeue_schedule_id
+from unembargo.models.settings import Settings, parse_duration
 
 if TYPE_CHECKING:
     from unembargo.client.fits import FitsStatus
@@ -57,16 +58,46 @@ def requeue(
     force: Annotated[bool, typer.Option(help="Re-ingest even when lastmod is unchanged.")] = False,
     force_md5: Annotated[bool, typer.Option("--force-md5", help="Decide by md5 instead of lastmod.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files, start nothing.")] = False,
+    every: Annotated[
+        str | None,
+        typer.Option(help="Instead, a Temporal Schedule doing this every DURATION (24h); needs --days."),
+    ] = None,
 ) -> None:
     """Run files through ingest, export and the archive steps again (add_to_ingest_queue)."""
     from unembargo.client.fits import requeue as requeue_files
-    from unembargo.client.fits import select_files
+    from unembargo.client.fits import schedule_requeue, select_files
     from unembargo.engine.connection import connect
 
     if file_re is None and days is None and path is None:
         raise typer.BadParameter("give --file-re, --days or --path")
     settings: Settings = ctx.obj
     fits = FitsSettings()
+    if every is not None:
+        if days is None or path is not None:
+            raise typer.BadParameter("a schedule re-checks recent days: give --days (and no --path)")
+        try:
+            interval = parse_duration(every)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--every") from err
+
+        async def scheduled() -> str:
+            with _session(settings) as session:
+                return await schedule_requeue(
+                    await connect(settings),
+                    settings,
+                    fits,
+                    session,
+                    interval,
+                    days,
+                    force,
+                    force_md5,
+                    file_re,
+                )
+
+        console.print(
+            f"{asyncio.run(scheduled())} schedule {requeue_schedule_id(fits.dataflow)} (every {every})"
+        )
+        return
     with _session(settings) as session:
         try:
             names = select_files(session, fits, file_re, days, path)

@@ -11,32 +11,35 @@ the destinations backed off.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
+from unembargo.adapters.fits_db import requeue_names
 from unembargo.adapters.fits_start import file_input, place, start_files
-from unembargo.models.fits import FitsDestination, FitsDiskFile, FitsFile, FitsSeen, FitsSettings
+from unembargo.models.fits import FitsDestination, FitsSeen, FitsSettings
 from unembargo.models.fits_flow import (
+    DATAFLOW,
     DHS,
     FILE_WORKFLOW,
     INVALID,
+    REQUEUE_WORKFLOW,
     SETTLING,
     STATE_QUERY,
     STEP_OF_ACTIVITY,
     WATCH_WORKFLOW,
+    RequeueInput,
     ScanInput,
     ScanReceipt,
     Step,
     WatchInput,
-    name_kind,
+    requeue_schedule_id,
     watch_workflow_id,
 )
 from unembargo.models.locations import get_location
@@ -76,37 +79,9 @@ def select_files(
     days: float | None = None,
     path: str | None = None,
 ) -> list[str]:
-    """Names to requeue: FITS files under ``path`` (relative to the dataflow disk, a file or
-    folder), else the dataflow's ingested files, filtered by ``file_re`` and ``days`` of lastmod."""
-    pattern = re.compile(file_re) if file_re else None
-    since = datetime.now(UTC) - timedelta(days=days) if days is not None else None
-    if path is not None:
-        root = Path(get_location(session, fits.dataflow).path or "")
-        target = (root / path).resolve()
-        if not target.is_relative_to(root.resolve()):
-            raise ValueError(f"--path {path!r} is not under the dataflow disk {root}")
-        files = [target] if target.is_file() else sorted(p for p in target.iterdir() if p.is_file())
-        names = [
-            p.name
-            for p in files
-            if name_kind(p.name) == "fits"
-            and (since is None or datetime.fromtimestamp(p.stat().st_mtime, UTC) >= since)
-        ]
-    else:
-        query = (
-            select(FitsFile.name, FitsDiskFile.lastmod)
-            .join(FitsDiskFile, col(FitsDiskFile.file_id) == col(FitsFile.id))
-            .where(FitsDiskFile.location == fits.dataflow, col(FitsDiskFile.canonical).is_(True))
-            .where(col(FitsDiskFile.present).is_(True))
-            .order_by(col(FitsFile.name))
-        )
-        rows = session.exec(query).all()
-        names = [n for n, lastmod in rows if since is None or _utc(lastmod) >= since]
-    return [n for n in names if pattern is None or pattern.search(n)]
-
-
-def _utc(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    """The names ``requeue`` would run again (adapters/fits_db.requeue_names)."""
+    root = Path(get_location(session, fits.dataflow).path or "")
+    return requeue_names(session, fits.dataflow, root, file_re, days, path)
 
 
 async def requeue(
@@ -127,6 +102,60 @@ async def requeue(
         for n in names
     ]
     return await start_files(client, settings.workflow_task_queue, inputs)
+
+
+async def schedule_requeue(
+    client: Client,
+    settings: Settings,
+    fits: FitsSettings,
+    session: Session,
+    every: timedelta,
+    days: float,
+    force: bool = False,
+    force_md5: bool = False,
+    file_re: str | None = None,
+) -> str:
+    """A Temporal Schedule requeueing the last ``days`` every ``every`` (the nightly cron
+    line); 'created' or 'updated'."""
+    from temporalio.client import (
+        Schedule,
+        ScheduleActionStartWorkflow,
+        ScheduleAlreadyRunningError,
+        ScheduleIntervalSpec,
+        ScheduleOverlapPolicy,
+        SchedulePolicy,
+        ScheduleSpec,
+        ScheduleUpdate,
+        ScheduleUpdateInput,
+    )
+
+    inp = RequeueInput(
+        fits.dataflow, list(fits.destinations), fits.archive, place(session, fits.dataflow, DATAFLOW).queue,
+        settings.workflow_task_queue, file_re, days, None, force, force_md5, fits.policy(),
+    )  # fmt: skip
+    sid = requeue_schedule_id(fits.dataflow)
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            REQUEUE_WORKFLOW,
+            inp,
+            id=sid,
+            task_queue=settings.workflow_task_queue,
+            execution_timeout=timedelta(hours=1),
+        ),  # fmt: skip
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        # A requeue still running when the next comes due: skip it; the next sees the same files.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(days=1)),
+    )
+    try:
+        await client.create_schedule(sid, schedule)
+        return "created"
+    except ScheduleAlreadyRunningError:
+
+        def replace(current: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(sid).update(replace)
+        return "updated"
 
 
 # ---------------------------------------------------------------------------- status

@@ -33,7 +33,9 @@ from unembargo.models.flow import StepSpec, step_of_activity
 
 FILE_WORKFLOW = "FitsFile"
 WATCH_WORKFLOW = "FitsWatch"
+REQUEUE_WORKFLOW = "FitsRequeue"
 SCAN_ACTIVITY = "scan_dhs"
+REQUEUE_ACTIVITY = "fits_requeue"
 # Signal to a running file workflow: the file changed (or a requeue): run again once done.
 AGAIN_SIGNAL = "again"
 STATE_QUERY = "state"
@@ -360,6 +362,31 @@ class WatchInput:
     scans_per_run: int = 500
     # A scan whose worker died is run again after this long without a heartbeat.
     heartbeat_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class RequeueInput:
+    """Which files of the dataflow disk to run again (``unembargo fits requeue``), and how."""
+
+    dataflow: str
+    destinations: list[str]
+    archive: str
+    # The dataflow location's queue (the requeue lists its disk and database) and the queue of
+    # the file workflows it starts.
+    queue: str
+    workflow_queue: str
+    file_re: str | None = None
+    days: float | None = None
+    path: str | None = None
+    force: bool = False
+    force_md5: bool = False
+    policy: FitsPolicy = field(default_factory=FitsPolicy)
+
+
+@dataclass(frozen=True)
+class RequeueReceipt:
+    selected: int
+    started: int
 
 
 # ---------------------------------------------------------------------------- the step table

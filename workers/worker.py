@@ -25,6 +25,7 @@ from unembargo.activities.arrival import ArrivalActivities
 from unembargo.activities.butler import ButlerActivities
 from unembargo.activities.ccat import CcatActivities, ccat_activities
 from unembargo.activities.context import Resources
+from unembargo.activities.fits import FitsActivities, fits_activities
 from unembargo.activities.rawintegrity import RawIntegrityActivities, rawintegrity_activities
 from unembargo.activities.rucio import RucioActivities
 from unembargo.activities.scheduled import StartingActivities
@@ -40,6 +41,7 @@ from unembargo.workflows.arrival import ArrivalWorkflow
 from unembargo.workflows.arrival_sweep import ArrivalSweepWorkflow
 from unembargo.workflows.ccat import CCAT_WORKFLOWS
 from unembargo.workflows.exposure import ExposureWorkflow
+from unembargo.workflows.fits import FITS_WORKFLOWS
 from unembargo.workflows.rawintegrity import RawFileWorkflow, RegisterBatchWorkflow
 from unembargo.workflows.select import SelectAndStartWorkflow
 
@@ -83,6 +85,8 @@ def build_workers(
     by_operation.setdefault(arrival.ARRIVAL_LOCATION, []).extend(arrivals)
     for operation, fns in ccat_activities(CcatActivities(resources)).items():
         by_operation.setdefault(operation, []).extend(fns)
+    for operation, fns in fits_activities(FitsActivities(resources, client)).items():
+        by_operation.setdefault(operation, []).extend(fns)
     for operation, fns in rawintegrity_activities(RawIntegrityActivities(resources, client)).items():
         by_operation.setdefault(operation, []).extend(fns)
     queues = location_activities(resources, locations, by_operation)
@@ -107,6 +111,7 @@ def build_workers(
                 task_queue=settings.workflow_task_queue,
                 workflows=[ExposureWorkflow, SelectAndStartWorkflow, ArrivalWorkflow, ArrivalSweepWorkflow]
                 + CCAT_WORKFLOWS
+                + FITS_WORKFLOWS
                 + [RawFileWorkflow, RegisterBatchWorkflow],
                 # A killed worker's workflows move to a live one after 2 s, not 10 s.
                 sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),

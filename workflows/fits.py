@@ -28,6 +28,8 @@ with workflow.unsafe.imports_passed_through():
         DONE,
         FAILED,
         FILE_WORKFLOW,
+        REQUEUE_ACTIVITY,
+        REQUEUE_WORKFLOW,
         SCAN_ACTIVITY,
         STATE_QUERY,
         STEPS,
@@ -46,6 +48,8 @@ with workflow.unsafe.imports_passed_through():
         Place,
         PreviewInput,
         PreviewReceipt,
+        RequeueInput,
+        RequeueReceipt,
         ScanReceipt,
         Step,
         WatchInput,
@@ -245,3 +249,25 @@ class FitsWatchWorkflow:
             if self._scans >= inp.scans_per_run or workflow.info().is_continue_as_new_suggested():
                 workflow.continue_as_new(inp)
             await workflow.sleep(timedelta(seconds=inp.poll_s))
+
+
+@workflow.defn(name=REQUEUE_WORKFLOW)
+class FitsRequeueWorkflow:
+    """One requeue (the schedule's run): select the files at the dataflow location, start each."""
+
+    @workflow.run
+    async def run(self, inp: RequeueInput) -> RequeueReceipt:
+        return await workflow.execute_activity(
+            REQUEUE_ACTIVITY,
+            inp,
+            result_type=RequeueReceipt,
+            task_queue=inp.queue,
+            # A month of files is thousands of starts, 16 at a time: minutes.
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(seconds=inp.policy.heartbeat_s),
+            retry_policy=STEPS[Step.INGEST].retry,
+        )
+
+
+# What a worker serving workflows registers (workers/worker.py).
+FITS_WORKFLOWS = [FitsFileWorkflow, FitsWatchWorkflow, FitsRequeueWorkflow]

@@ -22,6 +22,7 @@ import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import fits_samples as fs
@@ -34,7 +35,7 @@ from support import WorkerProcess, poll_until
 from unembargo.adapters import fits_db
 from unembargo.adapters.fits_start import file_input, start_file
 from unembargo.adapters.s3 import connect as s3_connect
-from unembargo.client.fits import requeue, select_files, start_watch, status
+from unembargo.client.fits import requeue, schedule_requeue, select_files, start_watch, status
 from unembargo.models import fits_flow as ff
 from unembargo.models.fits import FitsDiskFile, FitsSeen, FitsSettings
 from unembargo.models.locations import DataLocation, LocationType, StorageType
@@ -216,11 +217,41 @@ async def test_fits_night_from_dhs_to_archive(settings: Settings, client: Client
     new_md5 = hashlib.md5(target.read_bytes()).hexdigest()
     assert s3.head_object(Bucket=world["archive_bucket"], Key=names[2])["Metadata"]["md5"] == new_md5
 
+    # The nightly cron line as a Temporal Schedule: its run re-checks the last day's files
+    # (here narrowed to one, rewritten with its lastmod kept: only --force-md5 sees it).
+    other = root / "dataflow" / names[6]
+    mtime = other.stat().st_mtime
+    fs.write(other, dataclasses.replace(samples[6], exptime=60.0), seed=8)
+    os.utime(other, (mtime, mtime))
+    with Session(engine) as session:
+        made = await schedule_requeue(
+            client,
+            settings,
+            fits,
+            session,
+            timedelta(hours=24),
+            days=1,
+            force_md5=True,
+            file_re=r"S0007\.fits$",
+        )
+    assert made == "created"
+    scheduled = client.get_schedule_handle(ff.requeue_schedule_id(dataflow))
+    await scheduled.trigger()
+
+    async def rechecked() -> bool:
+        with Session(engine) as session:
+            if len(session.exec(select(FitsDiskFile).where(FitsDiskFile.path == names[6])).all()) < 4:
+                return False
+        return (await _states(client, [names[6]]))[names[6]] == "completed"
+
+    await poll_until(rechecked, 30, "the scheduled requeue re-ingesting the rewritten file")
+    await scheduled.delete()
+
     # Nothing was done twice: one copy per file, one upload per destination (two for the
     # rewritten file), one preview per version.
     ledger = _ledger(engine, set(names) | {CORRUPT})
     for n in names:
-        again = 2 if n == names[2] else 1
+        again = 2 if n in (names[2], names[6]) else 1
         assert ledger[(n, "fits_copy", "copy")] == 1
         assert ledger[(n, "fits_ingest", "ingested")] == 1
         assert ledger[(n, "fits_ingest", "reingested")] == again - 1

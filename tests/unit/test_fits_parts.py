@@ -244,6 +244,23 @@ def _headers_only(src: Path) -> Path:
     return out
 
 
+def test_requeue_selection(session: Session, night: dict[str, Path]) -> None:
+    root = next(iter(night.values())).parent
+    for name in ("N20251231S0001.fits", "N20251231S0003.fits"):
+        fits_db.ingest(session, name, LOC, night[name])
+    old = night["N20251231S0001.fits"]
+    fs.age(old, 3 * 86400)
+    fits_db.ingest(session, old.name, LOC, old)  # lastmod three days ago now
+    assert fits_db.requeue_names(session, LOC, root) == ["N20251231S0001.fits", "N20251231S0003.fits"]
+    assert fits_db.requeue_names(session, LOC, root, days=1) == ["N20251231S0003.fits"]
+    assert fits_db.requeue_names(session, LOC, root, file_re=r"S000[12]") == ["N20251231S0001.fits"]
+    # By path: files on the disk, ingested or not.
+    assert len(fits_db.requeue_names(session, LOC, root, path=".")) == len(night)
+    assert fits_db.requeue_names(session, LOC, root, path="N20251231S0007.fits") == ["N20251231S0007.fits"]
+    with pytest.raises(ValueError):
+        fits_db.requeue_names(session, LOC, root, path="../elsewhere")
+
+
 def test_step_table_and_operations() -> None:
     from unembargo.models.locations import Operation
 

@@ -28,7 +28,7 @@ from temporalio.worker import Worker
 from unembargo.adapters import fits_watch
 from unembargo.models import fits_flow as ff
 from unembargo.models.tables import connect
-from unembargo.workflows.fits import FitsFileWorkflow, FitsWatchWorkflow
+from unembargo.workflows.fits import FitsFileWorkflow, FitsRequeueWorkflow, FitsWatchWorkflow
 
 RESULT = timedelta(seconds=60)
 ARCHIVE, MIRROR = "archive", "mirror"
@@ -292,6 +292,26 @@ async def test_the_watch_polls_and_catches_up_after_an_outage(
         with pytest.raises(WorkflowFailureError):
             await skipping
     assert sorted(started) == sorted([samples[4].name, *(s.name for s in samples[:4]), samples[0].name])
+
+
+async def test_a_requeue_run_asks_its_activity_at_the_dataflow_location(
+    env: WorkflowEnvironment, queue: str
+) -> None:
+    """The schedule's run: one activity, on the queue of the location that holds the files."""
+    asked: list[ff.RequeueInput] = []
+
+    @activity.defn(name=ff.REQUEUE_ACTIVITY)
+    async def requeue(inp: ff.RequeueInput) -> ff.RequeueReceipt:
+        asked.append(inp)
+        return ff.RequeueReceipt(selected=3, started=3)
+
+    inp = ff.RequeueInput("dataflow", [ARCHIVE], ARCHIVE, queue, queue, days=2, force_md5=True)
+    async with Worker(env.client, task_queue=queue, workflows=[FitsRequeueWorkflow], activities=[requeue]):
+        got = await env.client.execute_workflow(
+            ff.REQUEUE_WORKFLOW, inp, id=f"fits-requeue-{uuid.uuid4().hex[:8]}", task_queue=queue,
+            result_type=ff.RequeueReceipt,
+        )  # fmt: skip
+    assert got == ff.RequeueReceipt(3, 3) and asked == [inp]
 
 
 async def _until(check: object, timeout: float = 30) -> None:
