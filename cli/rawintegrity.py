@@ -87,6 +87,7 @@ def _print(found: RawStatus) -> None:
         steps.add_row(step, str(n))
     console.print(steps)
     console.print(f"waiting: {found.waiting_files} file(s), {found.waiting_bytes} bytes still online")
+    console.print(f"done in the last hour: {found.done_last_hour}")
     for w in found.operator:
         console.print(f"[yellow]operator[/yellow] {w.lfn}: {w.reason}", soft_wrap=True)
     if found.operator:

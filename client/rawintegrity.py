@@ -12,6 +12,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlmodel import Session
@@ -159,6 +160,8 @@ class RawStatus:
     # Files put but not Done (nor given up), and their bytes: what the online storage still holds.
     waiting_files: int = 0
     waiting_bytes: int = 0
+    # Files Done in the last hour: the flow's rate.
+    done_last_hour: int = 0
     operator: list[Waiting] = field(default_factory=list)
 
 
@@ -195,6 +198,11 @@ async def status(client: Client, prefix: str | None = None) -> RawStatus:
             if step == WAITING_OPERATOR:
                 asking.append(wf.id)
     found.by_state, found.by_step = dict(states), dict(steps)
+    since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    recent = (
+        f'{status_query(prefix)} AND {SA_RAW_STATE.name} = "{State.DONE.value}" AND CloseTime > "{since}"'
+    )
+    found.done_last_hour = (await client.count_workflows(recent)).count
     for wid in asking[:SHOWN]:
         got: RawFileState = await client.get_workflow_handle(wid).query("state", result_type=RawFileState)
         found.operator.append(Waiting(got.lfn, got.step, got.operator))

@@ -201,6 +201,7 @@ async def test_a_run_goes_to_tape_and_leaves_online_only_when_verified(raw: Raw,
     found = await ri.status(client, raw.run)
     assert found.by_state.get(r.State.DONE) == FILES and found.waiting_files == 2
     assert found.waiting_bytes == written[bad][0] + written[never][0]
+    assert found.done_last_hour == FILES
 
     # A second put of the run starts nothing new: Done files are not put again.
     again = await ri.put(client, settings, where, lfns, POLICY)
