@@ -77,7 +77,9 @@ class StompConnection:
         reply = self.receive(timeout_s)
         if reply is None or reply.command != "CONNECTED":
             self.close()
-            raise BrokerUnavailable(f"STOMP broker at {host}:{port} did not accept the connection: {_why(reply)}")
+            raise BrokerUnavailable(
+                f"STOMP broker at {host}:{port} did not accept the connection: {_why(reply)}"
+            )
 
     def __enter__(self) -> StompConnection:
         return self
@@ -114,7 +116,11 @@ class StompConnection:
         deadline = time.monotonic() + self.timeout_s
         while True:
             reply = self.receive(max(0.0, deadline - time.monotonic()))
-            if reply is not None and reply.command == "RECEIPT" and reply.headers.get("receipt-id") == message_id:
+            if (
+                reply is not None
+                and reply.command == "RECEIPT"
+                and reply.headers.get("receipt-id") == message_id
+            ):
                 return message_id
             if reply is None or reply.command == "ERROR":
                 raise BrokerUnavailable(f"no receipt for message {message_id}: {_why(reply)}")

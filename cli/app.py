@@ -19,6 +19,7 @@ import typer
 
 from unembargo.cli import (
     arrivals,
+    carousel,
     ccat,
     dev,
     fits,
@@ -47,6 +48,7 @@ app.add_typer(arrivals.app, name="arrivals")
 app.add_typer(ccat.app, name="ccat")
 app.add_typer(fits.app, name="fits")
 app.add_typer(rawintegrity.app, name="rawintegrity")
+app.add_typer(carousel.app, name="carousel")
 
 
 @app.callback()

@@ -174,8 +174,6 @@ class FileLock:
     path: str | None = None
     bytes: int | None = None
     adler32: str | None = None
-    # When the lock last changed (Rucio's updated_at, ISO): the order files became available.
-    updated_at: str = ""
 
 
 @dataclass(frozen=True)
@@ -288,7 +286,9 @@ STEPS: Mapping[Step, StepSpec] = MappingProxyType(
     {
         # One or two Rucio calls each.
         Step.RULE: StepSpec("carousel_rule", RuleInput, RuleReceipt, "staging", 5 * _MINUTE, CAROUSEL_RETRY),
-        Step.LOCKS: StepSpec("carousel_locks", LocksInput, LocksReceipt, "staging", 5 * _MINUTE, CAROUSEL_RETRY),
+        Step.LOCKS: StepSpec(
+            "carousel_locks", LocksInput, LocksReceipt, "staging", 5 * _MINUTE, CAROUSEL_RETRY
+        ),
         Step.RERULE: StepSpec(
             "carousel_rerule", ReruleInput, ReruleReceipt, "staging", 5 * _MINUTE, CAROUSEL_RETRY
         ),

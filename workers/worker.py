@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 
 from unembargo.activities.arrival import ArrivalActivities
 from unembargo.activities.butler import ButlerActivities
+from unembargo.activities.carousel import CarouselActivities, carousel_activities
 from unembargo.activities.ccat import CcatActivities, ccat_activities
 from unembargo.activities.context import Resources
 from unembargo.activities.fits import FitsActivities, fits_activities
@@ -39,6 +40,7 @@ from unembargo.workers.memory import map_large_buffers
 from unembargo.workers.observe import ActivityObserver
 from unembargo.workflows.arrival import ArrivalWorkflow
 from unembargo.workflows.arrival_sweep import ArrivalSweepWorkflow
+from unembargo.workflows.carousel import CarouselWorkflow
 from unembargo.workflows.ccat import CCAT_WORKFLOWS
 from unembargo.workflows.exposure import ExposureWorkflow
 from unembargo.workflows.fits import FITS_WORKFLOWS
@@ -89,6 +91,8 @@ def build_workers(
         by_operation.setdefault(operation, []).extend(fns)
     for operation, fns in rawintegrity_activities(RawIntegrityActivities(resources, client)).items():
         by_operation.setdefault(operation, []).extend(fns)
+    for operation, fns in carousel_activities(CarouselActivities(resources)).items():
+        by_operation.setdefault(operation, []).extend(fns)
     queues = location_activities(resources, locations, by_operation)
     # Sync activities (butler, boto3, rucio are blocking libraries) run in threads.
     executor = ThreadPoolExecutor(max_workers=max_concurrent_activities * max(1, len(queues)))
@@ -112,7 +116,7 @@ def build_workers(
                 workflows=[ExposureWorkflow, SelectAndStartWorkflow, ArrivalWorkflow, ArrivalSweepWorkflow]
                 + CCAT_WORKFLOWS
                 + FITS_WORKFLOWS
-                + [RawFileWorkflow, RegisterBatchWorkflow],
+                + [RawFileWorkflow, RegisterBatchWorkflow, CarouselWorkflow],
                 # A killed worker's workflows move to a live one after 2 s, not 10 s.
                 sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
             )

@@ -124,7 +124,9 @@ class CarouselWorkflow:
                 break
             self._update(WAITING_LOCKS)
             await workflow.sleep(timedelta(seconds=interval))
-            interval = policy.poll_first_s if newly else min(interval * policy.poll_backoff, policy.poll_max_s)
+            interval = (
+                policy.poll_first_s if newly else min(interval * policy.poll_backoff, policy.poll_max_s)
+            )
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(CarouselInput(r, inp.queues, policy, s))
@@ -144,9 +146,12 @@ class CarouselWorkflow:
             if name not in done:
                 s.waiting_since.setdefault(name, now)
         newly = [
-            lock for name in locks.files if name not in done and (lock := locks.locks.get(name)) and lock.state == OK
+            lock
+            for name in locks.files
+            if name not in done and (lock := locks.locks.get(name)) and lock.state == OK
         ]
-        return sorted(newly, key=lambda lock: (lock.updated_at, lock.name))
+        # Rucio does not say when a lock became OK: files seen at one check go in name order.
+        return sorted(newly, key=lambda lock: lock.name)
 
     async def _announce(self, inp: CarouselInput, lock: FileLock) -> None:
         """One ``file_stagein`` message for a file now available (never a second one)."""
@@ -180,18 +185,24 @@ class CarouselWorkflow:
         )
         if by_lock:
             return by_lock, "STUCK lock"
-        late = sorted(n for n, since in s.waiting_since.items() if now - datetime.fromisoformat(since) >= limit)
+        late = sorted(
+            n for n, since in s.waiting_since.items() if now - datetime.fromisoformat(since) >= limit
+        )
         return late, f"not available {inp.request.max_wait_s:.0f}s after its rule"
 
     async def _unstick(self, inp: CarouselInput, files: list[str], reason: str) -> None:
         """A rule from another source; when none is left (or too many were tried), an operator."""
         s, r = self._s, inp.request
         s.stuck.append(Stuck(files, s.sources[-1], reason, workflow.now().isoformat()))
-        workflow.logger.warning("%s: %d file(s) stuck at %s: %s", s.request_id, len(files), s.sources[-1], reason)
+        workflow.logger.warning(
+            "%s: %d file(s) stuck at %s: %s", s.request_id, len(files), s.sources[-1], reason
+        )
         if s.rerules < inp.policy.max_rerules:
             self._update(Step.RERULE)
             got: ReruleReceipt = await self._act(
-                inp, Step.RERULE, ReruleInput(r.scope, files, s.dest_rse, [*s.sources, s.dest_rse], r.lifetime_s)
+                inp,
+                Step.RERULE,
+                ReruleInput(r.scope, files, s.dest_rse, [*s.sources, s.dest_rse], r.lifetime_s),
             )
             if got.source is not None:
                 self._rerouted(files, got)
@@ -238,9 +249,9 @@ class CarouselWorkflow:
             self._rerouted_all()
             return
         # retry: any source but the destination; change: the operator's source.
-        source = decision.src_rse if decision.action == CHANGE else None
+        chosen = decision.src_rse if decision.action == CHANGE else None
         rr: ReruleReceipt = await self._act(
-            inp, Step.RERULE, ReruleInput(r.scope, files, s.dest_rse, [s.dest_rse], r.lifetime_s, source)
+            inp, Step.RERULE, ReruleInput(r.scope, files, s.dest_rse, [s.dest_rse], r.lifetime_s, chosen)
         )
         s.rerules = 0
         if rr.source is None:
@@ -292,7 +303,9 @@ class CarouselWorkflow:
         policy = inp.policy
         self._update(Step.PUBLISH)
         await self._act(
-            inp, Step.PUBLISH, PublishInput(policy.destination, mid, kind, json.dumps(body, sort_keys=True), policy.ttl_s)
+            inp,
+            Step.PUBLISH,
+            PublishInput(policy.destination, mid, kind, json.dumps(body, sort_keys=True), policy.ttl_s),
         )
 
     def _update(self, step: str) -> None:

@@ -21,7 +21,10 @@ def test_each_message_once_with_headers() -> None:
             sub.subscribe("/queue/carousel-test")
             # The subscription is registered once a frame sent after it has a receipt.
             pub.send("/queue/warmup", "w", "warmup", "{}", 60)
-            sent = [pub.send("/queue/carousel-test", f"id{i}", "file_stagein", json.dumps({"n": i}), 60) for i in range(5)]
+            sent = [
+                pub.send("/queue/carousel-test", f"id{i}", "file_stagein", json.dumps({"n": i}), 60)
+                for i in range(5)
+            ]
             assert sent == [f"id{i}" for i in range(5)]
             got = []
             while len(got) < 5 and (frame := sub.receive(5.0)) is not None:

@@ -116,7 +116,7 @@ def stubs(w: World) -> list[object]:
             if moving is not None:
                 held[moving] = OK
             for n, s in held.items():
-                lock = FileLock(n, s, f"/dest/{n}", 10, "0000000a", f"{w.checks:04d}")
+                lock = FileLock(n, s, f"/dest/{n}", 10, "0000000a")
                 if n not in best or order[s] < order[best[n].state]:
                     best[n] = lock
         return LocksReceipt(list(w.files), w.open, best, gone)
@@ -183,7 +183,9 @@ async def test_one_message_per_file_while_open_then_dataset(env: WorkflowEnviron
     ]
     [dataset] = w.messages(DATASET_MESSAGE)
     assert dataset["status"] == Status.FINISHED and dataset["files"] == 5
-    assert got.transform_status == Status.FINISHED and got.in_status == "Closed" and got.out_status == "Finished"
+    assert (
+        got.transform_status == Status.FINISHED and got.in_status == "Closed" and got.out_status == "Finished"
+    )
     assert (got.in_total_files, got.in_processed_files, got.out_total_files, got.output_processed_files) == (
         5, 5, 5, 5,
     )  # fmt: skip
@@ -244,7 +246,9 @@ async def test_waiting_past_max_wait_is_stuck(env: WorkflowEnvironment, queue: s
         w.rules["frozen"] = {}
         return RuleReceipt("frozen", adopted=False)
 
-    async with Worker(env.client, task_queue=queue, workflows=[CarouselWorkflow], activities=[frozen_rule, *got_rule[1:]]):
+    async with Worker(
+        env.client, task_queue=queue, workflows=[CarouselWorkflow], activities=[frozen_rule, *got_rule[1:]]
+    ):
         got = await (await start(env.client, queue, request(max_wait_s=60.0))).result()
     assert got.stuck[0].reason.startswith("not available 60s") and got.sources[-1] == "TAPE_B"
     assert [m["name"] for m in w.messages(FILE_MESSAGE)] == ["a"]

@@ -1,0 +1,89 @@
+"""The carousel flow's use-cases: stage a dataset, a request's state, an operator's decision.
+
+``stage`` is a signal-with-start: the first request for a dataset starts its workflow
+(``carousel-<scope>-<name>``); a second one for the same dataset joins the running workflow
+(its ``requests`` counter grows) instead of making a second rule or a second message per file.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+
+from unembargo.models.carousel import (
+    CAROUSEL_WORKFLOW,
+    DECIDE_SIGNAL,
+    REQUEST_SIGNAL,
+    STEPS,
+    CarouselInput,
+    CarouselPolicy,
+    CarouselRequest,
+    CarouselSettings,
+    CarouselState,
+    Decision,
+    Status,
+    Step,
+    request_workflow_id,
+)
+from unembargo.models.locations import Operation, get_location, operation_queues
+from unembargo.models.names import SA_CAROUSEL_STATUS, SA_STEP
+from unembargo.models.settings import Settings
+
+STARTING = TypedSearchAttributes(
+    [
+        SearchAttributePair(SA_CAROUSEL_STATUS, Status.TRANSFORMING.value),
+        SearchAttributePair(SA_STEP, Step.RULE.value),
+    ]
+)
+
+
+def route(session: Session, config: CarouselSettings) -> dict[str, str]:
+    """Step -> the queue of its operation at the carousel's location (the location table's)."""
+    loc = get_location(session, config.location)
+    served = operation_queues(session, loc)
+    queues = {}
+    for step, spec in STEPS.items():
+        op = Operation(spec.location)
+        if op not in served:
+            raise ValueError(f"location {loc.name!r} does not serve {op.value}, which step {step} needs")
+        queues[step.value] = served[op]
+    return queues
+
+
+async def stage(
+    client: Client,
+    settings: Settings,
+    queues: dict[str, str],
+    request: CarouselRequest,
+    policy: CarouselPolicy | None = None,
+) -> WorkflowHandle[object, CarouselState]:
+    """Start the dataset's workflow, or join the running one; its handle."""
+    return await client.start_workflow(
+        CAROUSEL_WORKFLOW,
+        CarouselInput(request, queues, policy or CarouselPolicy()),
+        id=request_workflow_id(request.scope, request.name),
+        task_queue=settings.workflow_task_queue,
+        result_type=CarouselState,
+        start_signal=REQUEST_SIGNAL,
+        start_signal_args=[request],
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=STARTING,
+    )
+
+
+async def state(client: Client, scope: str, name: str) -> CarouselState:
+    """The request's counters, statuses and evidence (its ``state`` query)."""
+    handle = client.get_workflow_handle(request_workflow_id(scope, name))
+    return await handle.query("state", result_type=CarouselState)
+
+
+async def decide(client: Client, scope: str, name: str, decision: Decision) -> None:
+    """An operator's decision for a request waiting for one."""
+    await client.get_workflow_handle(request_workflow_id(scope, name)).signal(DECIDE_SIGNAL, decision)
