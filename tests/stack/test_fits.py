@@ -247,6 +247,24 @@ async def test_fits_night_from_dhs_to_archive(settings: Settings, client: Client
     await poll_until(rechecked, 30, "the scheduled requeue re-ingesting the rewritten file")
     await scheduled.delete()
 
+    # The corrupt file put on the dataflow disk by hand and requeued by path: ingested with
+    # its errors, never exported, and `fits status` names it failed at ingest.
+    (root / "dataflow" / CORRUPT).write_bytes((root / "dhs" / CORRUPT).read_bytes())
+    with Session(engine) as session:
+        assert select_files(session, fits, path=CORRUPT) == [CORRUPT]
+        await requeue(client, settings, fits, session, [CORRUPT])
+
+    async def corrupt_failed() -> bool:
+        return (await _states(client, [CORRUPT]))[CORRUPT] == "failed"
+
+    await poll_until(corrupt_failed, 30, "the corrupt file's run to fail")
+    with Session(engine) as session:
+        shown = await status(client, fits, session)
+        disk = fits_db.current(session, CORRUPT, dataflow)
+    [failure] = [f for f in shown.steps["ingest"].failed if f.name == CORRUPT]
+    assert "InvalidFits" in failure.error and CORRUPT in failure.error
+    assert disk is not None and not disk.fits_ok and disk.fits_errors
+
     # Nothing was done twice: one copy per file, one upload per destination (two for the
     # rewritten file), one preview per version.
     ledger = _ledger(engine, set(names) | {CORRUPT})
@@ -259,7 +277,7 @@ async def test_fits_night_from_dhs_to_archive(settings: Settings, client: Client
         assert ledger[(n, "fits_export", f"upload:{mirror}")] == again
         assert ledger[(n, "fits_archive_ingest", "ingested")] == 1
         assert ledger[(n, "fits_preview", "preview")] == again
-    assert not any(k[0] == CORRUPT for k in ledger)
+    assert {k for k in ledger if k[0] == CORRUPT} == {(CORRUPT, "fits_ingest", "ingested")}
     assert world["worker"].alive()
 
 
