@@ -262,9 +262,30 @@ def test_requeue_selection(session: Session, night: dict[str, Path]) -> None:
 
 
 def test_step_table_and_operations() -> None:
-    from unembargo.models.locations import Operation
+    """Every step's activity is implemented once, on the queue of its location's operation."""
+    from temporalio import activity
 
+    from unembargo.activities.context import Resources
+    from unembargo.activities.fits import FitsActivities, fits_activities
+    from unembargo.models.locations import OPERATIONS, LocationType, Operation
+    from unembargo.models.settings import Settings
+
+    served = fits_activities(FitsActivities(Resources(Settings()), client=None))  # type: ignore[arg-type]
+    names = {
+        op: [activity._Definition.must_from_callable(fn).name for fn in fns] for op, fns in served.items()
+    }
+    every = [n for ns in names.values() for n in ns]
+    assert sorted(every) == sorted(
+        {s.activity for s in ff.STEPS.values()} | {ff.SCAN_ACTIVITY, ff.REQUEUE_ACTIVITY}
+    )
+    for step, spec in ff.STEPS.items():
+        assert spec.activity in names[ff.OPERATION_OF_ROLE[spec.location]], step
+    # Each role's operation is one its location type serves.
+    types = {
+        ff.DHS: LocationType.SOURCE,
+        ff.DATAFLOW: LocationType.BUFFER,
+        ff.DESTINATION: LocationType.LONG_TERM_ARCHIVE,
+    }
     for role, operation in ff.OPERATION_OF_ROLE.items():
-        assert Operation(operation), role
-    assert {spec.location for spec in ff.STEPS.values()} <= set(ff.OPERATION_OF_ROLE)
+        assert Operation(operation) in OPERATIONS[types[role]], role
     assert list(ff.Step) == list(ff.STEPS)
