@@ -9,6 +9,7 @@ configuration is built here, so it works from any directory.
 from __future__ import annotations
 
 import fcntl
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
+
+log = logging.getLogger(__name__)
+# Alembic's context says which dialect it found each time one is made (every connect): not news.
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 HERE = Path(__file__).resolve().parent
 # The revision that creates the sites, locations and the side-effect ledger: every flow's
@@ -56,9 +61,14 @@ def upgrade(engine: Engine) -> None:
             return
     with _exclusive(engine):
         with engine.begin() as conn:
+            before = current(conn)
             cfg = config()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "heads")
+            if not heads() <= before:
+                log.info(
+                    "database %s migrated to %s", engine.url.render_as_string(), ", ".join(sorted(heads()))
+                )
 
 
 @contextmanager
