@@ -136,6 +136,18 @@ class LocalTape:
         os.replace(temp, tape)
         cache.unlink(missing_ok=True)
 
+    def migrated_lfns(self, folder: str) -> list[str]:
+        """LFNs on tape under ``folder``, sorted."""
+        base = self.root / "tape"
+        top = base / check_lfn(folder)
+        if not top.is_dir():
+            return []
+        return sorted(
+            p.relative_to(base).as_posix()
+            for p in top.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
     def cached_lfns(self) -> list[str]:
         """LFNs in the disk cache, oldest first (temporary files are skipped)."""
         base = self.root / "cache"

@@ -93,3 +93,8 @@ def is_registered(client: Client, scope: str, rse: str, name: str, size: int, ad
     """True if Rucio holds an available replica of ``name`` at ``rse`` with this size and adler32."""
     f = held(client, scope, rse, [name]).get(name)
     return f is not None and f.state == "AVAILABLE" and f.bytes == size and f.adler32 == adler32
+
+
+def names_under(client: Client, scope: str, folder: str) -> list[str]:
+    """File names Rucio holds under ``folder/`` in ``scope`` (one listing)."""
+    return list(client.list_dids(scope, [{"name": f"{folder}/*"}], did_type="file"))

@@ -95,6 +95,32 @@ def _print(found: RawStatus) -> None:
 
 
 @app.command()
+def reconcile(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Option(help="The run's folder (under the online storage).")],
+    as_json: AsJson = False,
+) -> None:
+    """Each file of a run by what online, tape and Rucio hold of it (done, registered, waiting,
+    bad_tape, lost); exits 1 if any is lost (gone online without a verified, registered copy)."""
+    from unembargo.adapters.rucio_client import connect
+    from unembargo.client.rawintegrity import reconcile as classify_run
+    from unembargo.models.rawintegrity import LOST
+
+    settings: Settings = ctx.obj
+    with _session(settings) as session:
+        found = classify_run(session, RawIntegritySettings(), connect(settings), settings.rucio_scope, run)
+    if as_json:
+        console.print_json(json.dumps(found))
+    else:
+        table = Table("class", "files", "first")
+        for cls, lfns in sorted(found.items()):
+            table.add_row(cls, str(len(lfns)), lfns[0])
+        console.print(table)
+    if found.get(LOST):
+        raise typer.Exit(1)
+
+
+@app.command()
 def decide(
     ctx: typer.Context,
     lfn: Annotated[str, typer.Argument(help="The file waiting for an operator.")],

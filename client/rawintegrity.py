@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -25,7 +26,9 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from unembargo.adapters import tape_replicas
 from unembargo.adapters.online import OnlineStorage
+from unembargo.adapters.tape import LocalTape
 from unembargo.models.locations import DataLocation, Operation, best_for, get_location, operation_queues
 from unembargo.models.names import SA_RAW_BYTES, SA_RAW_STATE, SA_STEP
 from unembargo.models.rawintegrity import (
@@ -42,9 +45,13 @@ from unembargo.models.rawintegrity import (
     State,
     Step,
     check_lfn,
+    classify,
     file_workflow_id,
 )
 from unembargo.models.settings import Settings
+
+if TYPE_CHECKING:
+    from rucio.client import Client as RucioClient
 
 # Workflows started at once by ``put`` (each start is one round trip).
 STARTS_AT_ONCE = 50
@@ -214,3 +221,30 @@ async def decide(client: Client, lfn: str, decision: str) -> None:
     if decision not in (RETRY, GIVE_UP):
         raise ValueError(f"decision {decision!r}: use {RETRY} or {GIVE_UP}")
     await client.get_workflow_handle(file_workflow_id(lfn)).signal(DECIDE_SIGNAL, decision)
+
+
+def reconcile(
+    session: Session, config: RawIntegritySettings, rucio: RucioClient, scope: str, run: str
+) -> dict[str, list[str]]:
+    """Every file of a run by class (models/rawintegrity.classify), from what the online storage,
+    the tape and Rucio hold of it, never from the workflows' own account."""
+    folder = check_lfn(run.strip("/"))
+    online = OnlineStorage(Path(get_location(session, config.online_location).path or ""))
+    tape = LocalTape(Path(get_location(session, config.tape_location).path or ""))
+    names = set(online_lfns(session, config, folder)) | set(tape.migrated_lfns(folder))
+    names |= set(tape_replicas.names_under(rucio, scope, folder))
+    held = tape_replicas.held(rucio, scope, config.rse, sorted(names))
+    found: dict[str, list[str]] = {}
+    for lfn in sorted(names):
+        copy = tape.tape_checksum(lfn)
+        entry = held.get(lfn)
+        catalogued = None
+        if entry is not None and entry.state == "AVAILABLE" and entry.bytes is not None and entry.adler32:
+            catalogued = (entry.bytes, entry.adler32)
+        cls = classify(
+            online.checksum(lfn) if online.exists(lfn) else None,
+            (copy.size, copy.adler32) if copy else None,
+            catalogued,
+        )
+        found.setdefault(cls, []).append(lfn)
+    return found

@@ -403,3 +403,30 @@ class RawIntegritySettings(BaseSettings):
 
     def tape(self, state_dir: Path) -> Path:
         return self.tape_root or state_dir / "rawintegrity" / "tape"
+
+
+# Classes of ``unembargo rawintegrity reconcile``: what online, tape and Rucio hold of a file.
+DONE_CLASS = "done"  # gone online; tape and Rucio hold it with one checksum
+REMOVAL_PENDING = "registered"  # still online; tape and Rucio hold it verified
+WAITING = "waiting"  # online, not yet on tape with its checksum and registered
+BAD_TAPE = "bad_tape"  # tape holds another checksum than the online file or Rucio
+LOST = "lost"  # gone online without a verified, registered tape copy: the rule was broken
+
+
+def classify(
+    online: tuple[int, str] | None, tape: tuple[int, str] | None, catalogue: tuple[int, str] | None
+) -> str:
+    """The class of one file from the (size, adler32) each place holds (None: not there).
+
+    >>> classify(None, (3, "0024012d"), (3, "0024012d"))
+    'done'
+    >>> classify(None, None, (3, "0024012d"))
+    'lost'
+    """
+    want = online or catalogue
+    if tape is not None and want is not None and tape != want:
+        return BAD_TAPE
+    verified = tape is not None and tape == catalogue
+    if online is None:
+        return DONE_CLASS if verified else LOST
+    return REMOVAL_PENDING if verified else WAITING

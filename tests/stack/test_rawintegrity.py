@@ -220,6 +220,9 @@ async def test_a_run_goes_to_tape_and_leaves_online_only_when_verified(raw: Raw,
     shown = json.loads(cli(settings, "status", "--run", raw.run, "--json"))
     assert shown["by_state"]["Done"] == FILES and {w["lfn"] for w in shown["operator"]} == {bad, never}
     cli(settings, "decide", never, r.GIVE_UP)
+    # Reconcile reads online, tape and Rucio themselves: nothing of the run is lost.
+    classes = json.loads(cli(settings, "reconcile", "--run", raw.run, "--json"))
+    assert classes == {r.DONE_CLASS: sorted(good), r.WAITING: sorted([bad, never])}
     await poll_until(lambda: _failed(client, raw.run), 30, "the given-up file to be Failed")
     assert (raw.online / never).exists()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,23 @@ def test_states_never_regress_in_rank() -> None:
     order = [r.State.ACTIVE, r.State.COPIED, r.State.REGISTERED, r.State.DONE]
     assert [s.rank for s in order] == sorted(s.rank for s in order)
     assert r.State.FAILED.rank == r.State.DONE.rank
+
+
+GOOD, OTHER = (3, "0024012d"), (3, "deadbeef")
+
+
+@pytest.mark.parametrize(
+    ("online", "tape", "catalogue", "expected"),
+    [
+        (None, GOOD, GOOD, r.DONE_CLASS),
+        (GOOD, GOOD, GOOD, r.REMOVAL_PENDING),
+        (GOOD, None, None, r.WAITING),
+        (GOOD, GOOD, None, r.WAITING),
+        (GOOD, OTHER, None, r.BAD_TAPE),
+        (None, OTHER, GOOD, r.BAD_TAPE),
+        (None, None, GOOD, r.LOST),
+        (None, GOOD, None, r.LOST),
+    ],
+)
+def test_reconcile_classes(online: Any, tape: Any, catalogue: Any, expected: str) -> None:
+    assert r.classify(online, tape, catalogue) == expected
