@@ -74,6 +74,8 @@ def ensure(settings: Settings) -> str:
     if health(settings)[0]:
         return "already up"
     port = CarouselSettings().broker_port
+    if procs.port_open(HOST, port):
+        return "another broker listens there; the flow uses it"
     procs.start(settings.state_dir, NAME, [sys.executable, "-m", "unembargo.devstack.broker", str(port)])
     procs.poll(lambda: procs.port_open(HOST, port), 15, f"the STOMP broker on {HOST}:{port}")
     return "started"

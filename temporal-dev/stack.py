@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from unembargo.adapters.s3 import use_loopback_credentials
-from unembargo.devstack import listen, postgres, procs, rucio_server, s3, tape, temporal, worker
+from unembargo.devstack import broker, listen, postgres, procs, rucio_server, s3, tape, temporal, worker
 from unembargo.models.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,6 +57,8 @@ SERVICES = [
     Service("listen", listen.ensure, listen.health, listen.stop, listen.address),
     # The tape location's migration (cache -> tape after a delay) for the rawintegrity flow.
     Service("tape", tape.ensure, tape.health, tape.stop, tape.address),
+    # The carousel flow's STOMP broker (coilmq, in memory; RabbitMQ or ActiveMQ in production).
+    Service("broker", broker.ensure, broker.health, broker.stop, broker.address),
 ]
 
 

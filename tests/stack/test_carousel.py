@@ -24,7 +24,7 @@ import pytest
 from sqlmodel import Session
 from temporalio.client import Client
 
-from support import WorkerProcess, poll_until
+from support import WorkerProcess, effects, poll_until
 from unembargo.adapters.stomp import Frame, StompConnection
 from unembargo.client import carousel as api
 from unembargo.devstack import broker, carousel_copy, procs, rucio_server
@@ -52,26 +52,52 @@ class Carousel:
     settings: Settings
     rucio: Any
     scope: str
+    # Two tapes hold every file; the flow stages from the first unless a file is stuck there.
     tape_rse: str
+    other_tape: str
     disk_rse: str
     queues: dict[str, str]
     destination: str
     port: int
+    location: str
+    markers: Path
+    broker: Any = None
+    worker: WorkerProcess | None = None
+
+    def start_broker(self) -> None:
+        self.broker, _ = broker.start_thread(self.port)
+
+    def stop_broker(self) -> None:
+        broker.stop_thread(self.broker)
+
+    def start_worker(self, **env: str) -> None:
+        self.worker = WorkerProcess(
+            self.settings, [self.location], env={"UNEMBARGO_CAROUSEL_BROKER_PORT": str(self.port), **env}
+        )
+
+    def stop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+
+    def policy(self, suffix: str, **fields: Any) -> CarouselPolicy:
+        return CarouselPolicy(**{**POLICY.__dict__, "destination": f"{self.destination}-{suffix}", **fields})
 
 
 @pytest.fixture(scope="module")
 def carousel(
     module_settings: Settings, rucio: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Carousel]:
-    """A tape RSE and a disk RSE (file protocols under this module's folders), a processing
+    """Two tape RSEs and a disk RSE (file protocols under this module's folders), a processing
     location serving staging and monitoring, the embedded broker, and a worker."""
     settings = module_settings
     tag = uuid.uuid4().hex[:6]
     root = tmp_path_factory.mktemp("carousel")
     scope = settings.rucio_scope
-    tape_rse, disk_rse = f"CTAPE_{tag.upper()}", f"CDISK_{tag.upper()}"
-    rucio.add_rse(tape_rse, deterministic=True, rse_type="TAPE")
-    for rse, folder in ((tape_rse, root / "tape" / scope), (disk_rse, root / "disk" / scope)):
+    tape_rse, other_tape, disk_rse = f"CTAPE_{tag.upper()}", f"CTAPE2_{tag.upper()}", f"CDISK_{tag.upper()}"
+    for rse in (tape_rse, other_tape):
+        rucio.add_rse(rse, deterministic=True, rse_type="TAPE")
+    for rse in (tape_rse, other_tape, disk_rse):
+        folder = root / rse / scope
         folder.mkdir(parents=True)
         rucio_server.ensure_rse(rucio, rse, folder)
         rucio.set_local_account_limit(settings.rucio_account, rse, 10**12)
@@ -80,19 +106,22 @@ def carousel(
         upsert_location(
             session,
             DataLocation(name=name, site=f"csite-{tag}", type=LocationType.PROCESSING,
-                         storage=StorageType.DISK, path=str(root / "disk" / scope)),
+                         storage=StorageType.DISK, path=str(root / disk_rse / scope)),
             short_name=f"c{tag}",
         )  # fmt: skip
         queues = api.route(session, CarouselSettings(location=name))
     [port] = procs.free_ports(1)
-    srv, _ = broker.start_thread(port)
-    env = {"UNEMBARGO_CAROUSEL_BROKER_PORT": str(port)}
-    worker = WorkerProcess(settings, [name], env=env)
+    markers = root / "crash-markers"
+    markers.mkdir()
+    c = Carousel(settings, rucio, scope, tape_rse, other_tape, disk_rse, queues, f"/queue/carousel-{tag}",
+                 port, name, markers)  # fmt: skip
+    c.start_broker()
+    c.start_worker()
     try:
-        yield Carousel(settings, rucio, scope, tape_rse, disk_rse, queues, f"/queue/carousel-{tag}", port)
+        yield c
     finally:
-        worker.stop()
-        broker.stop_thread(srv)
+        c.stop_worker()
+        c.stop_broker()
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +132,7 @@ async def client(module_settings: Settings) -> Client:
 
 
 def tape_dataset(c: Carousel, files: int) -> tuple[str, dict[str, str]]:
-    """A closed dataset of small files written at the tape RSE and registered there; name -> adler32."""
+    """A closed dataset of small files written at both tape RSEs and registered there; name -> adler32."""
     rnd = random.Random()
     dataset = f"ds-{uuid.uuid4().hex[:8]}"
     sums = {}
@@ -111,12 +140,14 @@ def tape_dataset(c: Carousel, files: int) -> tuple[str, dict[str, str]]:
     for i in range(files):
         name = f"{dataset}.f{i:03d}"
         data = rnd.randbytes(rnd.randrange(512, 4096))
-        path = rucio_server.pfn_path(c.rucio, c.tape_rse, c.scope, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        for rse in (c.tape_rse, c.other_tape):
+            path = rucio_server.pfn_path(c.rucio, rse, c.scope, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
         sums[name] = f"{zlib.adler32(data):08x}"
         replicas.append({"scope": c.scope, "name": name, "bytes": len(data), "adler32": sums[name]})
-    c.rucio.add_replicas(rse=c.tape_rse, files=replicas)
+    for rse in (c.tape_rse, c.other_tape):
+        c.rucio.add_replicas(rse=rse, files=replicas)
     c.rucio.add_dataset(c.scope, dataset)
     c.rucio.attach_dids(c.scope, dataset, [{"scope": c.scope, "name": r["name"]} for r in replicas])
     c.rucio.set_status(c.scope, dataset, open=False)
@@ -136,9 +167,9 @@ async def test_stage_dataset_one_message_per_file_in_availability_order(
     c = carousel
     dataset, sums = tape_dataset(c, FILES)
     with StompConnection("127.0.0.1", c.port) as sub:
-        sub.subscribe(c.destination)
+        sub.subscribe(c.destination + "-main")
         req = CarouselRequest(c.scope, dataset, c.tape_rse, c.disk_rse, max_wait_s=3600.0)
-        policy = CarouselPolicy(**{**POLICY.__dict__, "destination": c.destination})
+        policy = c.policy("main")
         handle = await api.stage(client, c.settings, c.queues, req, policy)
         # A second request for the same dataset joins the first: one workflow, one rule.
         again = await api.stage(client, c.settings, c.queues, req, policy)
@@ -193,7 +224,7 @@ async def test_adopts_an_existing_rule(carousel: Carousel, client: Client) -> No
         [{"scope": c.scope, "name": dataset}], 1, c.disk_rse, source_replica_expression=c.tape_rse
     )
     req = CarouselRequest(c.scope, dataset, c.tape_rse, c.disk_rse)
-    policy = CarouselPolicy(**{**POLICY.__dict__, "destination": c.destination + "-adopt"})
+    policy = c.policy("adopt")
     handle = await api.stage(client, c.settings, c.queues, req, policy)
 
     async def adopted() -> bool:
@@ -207,3 +238,101 @@ async def test_adopts_an_existing_rule(carousel: Carousel, client: Client) -> No
     assert final.adopted and final.output_processed_files == 2
     rules = list(c.rucio.list_replication_rules(filters={"scope": c.scope, "name": dataset}))
     assert [r["id"] for r in rules] == [existing]
+
+
+async def wait_state(client: Client, c: Carousel, dataset: str, check: Any, what: str) -> CarouselState:
+    found: list[CarouselState] = []
+
+    async def ok() -> bool:
+        found[:] = [await api.state(client, c.scope, dataset)]
+        return bool(check(found[0]))
+
+    await poll_until(ok, 60, what)
+    return found[0]
+
+
+async def test_stuck_file_reruled_from_the_other_tape(carousel: Carousel, client: Client) -> None:
+    """A file the first tape never delivers is stuck after max-wait: a rule for it from the other
+    tape (which holds it) stages it, and it is announced once."""
+    c = carousel
+    dataset, _ = tape_dataset(c, 3)
+    req = CarouselRequest(c.scope, dataset, c.tape_rse, c.disk_rse, max_wait_s=4.0)
+    with StompConnection("127.0.0.1", c.port) as sub:
+        sub.subscribe(c.destination + "-stuck")
+        handle = await api.stage(client, c.settings, c.queues, req, c.policy("stuck"))
+        s = await wait_state(client, c, dataset, lambda s: s.in_total_files == 3, "the first lock check")
+        first, *rest = carousel_copy.waiting(c.rucio, s.rule_ids[0])
+        for name in rest:
+            carousel_copy.stage_file(c.rucio, c.scope, name, c.tape_rse, c.disk_rse)
+        s = await wait_state(client, c, dataset, lambda s: len(s.sources) == 2, "a re-rule of the stuck file")
+        assert s.sources == [c.tape_rse, c.other_tape] and s.stuck[0].files == [first]
+        [file_rule] = s.rule_ids[1:]
+        assert c.rucio.get_replication_rule(file_rule)["source_replica_expression"] == c.other_tape
+        carousel_copy.stage_file(c.rucio, c.scope, first, c.other_tape, c.disk_rse)
+        got = messages(sub, 4, 30)
+    final: CarouselState = await handle.result()
+    names = [json.loads(f.body)["name"] for f in got if f.headers["type"] == FILE_MESSAGE]
+    assert sorted(names) == sorted([first, *rest]) and names[-1] == first
+    assert final.transform_status == Status.FINISHED and final.output_processed_files == 3
+
+
+async def test_broker_down_then_delivered(carousel: Carousel, client: Client) -> None:
+    """The broker is down while a file becomes available: the publish is retried with backoff and
+    the message is delivered once the broker is back, once."""
+    c = carousel
+    dataset, _ = tape_dataset(c, 2)
+    req = CarouselRequest(c.scope, dataset, c.tape_rse, c.disk_rse)
+    handle = await api.stage(client, c.settings, c.queues, req, c.policy("down"))
+    s = await wait_state(client, c, dataset, lambda s: s.in_total_files == 2, "the first lock check")
+    order = carousel_copy.waiting(c.rucio, s.rule_ids[0])
+    c.stop_broker()
+    try:
+        carousel_copy.stage_file(c.rucio, c.scope, order[0], c.tape_rse, c.disk_rse)
+
+        async def refused() -> bool:
+            pending = (await handle.describe()).raw_description.pending_activities
+            return any(p.activity_type.name == "carousel_publish" and p.attempt >= 3 for p in pending)
+
+        await poll_until(refused, 60, "the publish retried while the broker is down")
+        assert (await api.state(client, c.scope, dataset)).output_processed_files == 0
+    finally:
+        c.start_broker()
+    with StompConnection("127.0.0.1", c.port) as sub:
+        sub.subscribe(c.destination + "-down")
+        got = messages(sub, 1, 40)
+        carousel_copy.stage_file(c.rucio, c.scope, order[1], c.tape_rse, c.disk_rse)
+        got += messages(sub, 2, 30)
+        assert sub.receive(1.0) is None
+    final: CarouselState = await handle.result()
+    names = [json.loads(f.body)["name"] for f in got if f.headers["type"] == FILE_MESSAGE]
+    assert names == order == final.announced
+
+
+async def test_worker_killed_after_a_send(carousel: Carousel, client: Client) -> None:
+    """A worker SIGKILLed after the broker's receipt, before the activity reported it: the next
+    worker sends the message again under the same id (STOMP's at-least-once), so a consumer that
+    deduplicates by ``msg_id`` sees each file once; the workflow announced each once."""
+    c = carousel
+    c.stop_worker()
+    c.start_worker(UNEMBARGO_CRASH_AT="publish:acted", UNEMBARGO_CRASH_MARKERS=str(c.markers))
+    dataset, _ = tape_dataset(c, 2)
+    req = CarouselRequest(c.scope, dataset, c.tape_rse, c.disk_rse)
+    handle = await api.stage(client, c.settings, c.queues, req, c.policy("kill", heartbeat_s=2.0))
+    s = await wait_state(client, c, dataset, lambda s: s.in_total_files == 2, "the first lock check")
+    order = carousel_copy.waiting(c.rucio, s.rule_ids[0])
+    with StompConnection("127.0.0.1", c.port) as sub:
+        sub.subscribe(c.destination + "-kill")
+        carousel_copy.stage_file(c.rucio, c.scope, order[0], c.tape_rse, c.disk_rse)
+        assert c.worker is not None
+        await poll_until(lambda: not c.worker.alive(), 60, "the worker killed after its first send")
+        c.start_worker()
+        carousel_copy.stage_file(c.rucio, c.scope, order[1], c.tape_rse, c.disk_rse)
+        got = messages(sub, 4, 40)
+        assert sub.receive(1.0) is None
+    final: CarouselState = await handle.result()
+    ids = [f.headers["msg_id"] for f in got]
+    rid = request_workflow_id(c.scope, dataset)
+    first = message_id(rid, c.scope, order[0])
+    assert ids.count(first) == 2 and len(set(ids)) == 3
+    assert list(dict.fromkeys(json.loads(f.body)["name"] for f in got))[:2] == order == final.announced
+    assert effects(c.settings, {first})[(first, "publish", "send")] == 2
