@@ -9,6 +9,7 @@ side effect, as a killed worker leaves them (the attempt fails, Temporal runs it
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -211,6 +212,12 @@ async def start(
     )
 
 
+async def all_done(env: WorkflowEnvironment, queue: str, names: list[str]) -> list[r.RawFileState]:
+    """Start every file at once, then wait for each result in turn."""
+    handles = await asyncio.gather(*(start(env, queue, n) for n in names))
+    return [await h.result(rpc_timeout=timedelta(seconds=RESULT_TIMEOUT)) for h in handles]
+
+
 async def until(
     env: WorkflowEnvironment, handle: WorkflowHandle, step: str, skip: timedelta = timedelta(hours=1)
 ) -> r.RawFileState:
@@ -241,14 +248,12 @@ async def test_files_end_done_registered_in_one_batch(env: WorkflowEnvironment, 
 
 
 async def test_batches_of_at_most_100_each_file_added_once(env: WorkflowEnvironment, queue: str) -> None:
-    """250 files: Rucio sees batches of at most 100 (the batcher continues as new), each file once."""
+    """201 files: Rucio sees batches of at most 100 (the batcher continues as new), each file once."""
     world = World()
-    names = world.files(250)
+    names = world.files(201)
     async with worker(env, queue, world):
-        handles = [await start(env, queue, n) for n in names]
-        for h in handles:
-            await h.result(rpc_timeout=timedelta(seconds=RESULT_TIMEOUT))
-    assert max(world.batches) <= 100 and sum(world.batches) == 250
+        await all_done(env, queue, names)
+    assert max(world.batches) <= 100 and sum(world.batches) == 201
     assert len(world.batches) <= 5
     assert world.adds == Counter({n: 1 for n in names})
     assert world.online == {} and not world.unsafe_removals
@@ -257,11 +262,9 @@ async def test_batches_of_at_most_100_each_file_added_once(env: WorkflowEnvironm
 async def test_duplicate_requests_register_each_file_once(env: WorkflowEnvironment, queue: str) -> None:
     """Every request arrives twice: the batcher keys by LFN and Rucio gets one add per file."""
     world = World(duplicate_requests=True)
-    names = world.files(120)
+    names = world.files(101)
     async with worker(env, queue, world):
-        handles = [await start(env, queue, n) for n in names]
-        for h in handles:
-            await h.result(rpc_timeout=timedelta(seconds=RESULT_TIMEOUT))
+        await all_done(env, queue, names)
     assert world.adds == Counter({n: 1 for n in names}) and max(world.batches) <= 100
     assert sum(world.batches) < 2 * len(names)
 
