@@ -122,7 +122,7 @@ class CarouselPolicy:
     # that became available resets the interval to the first.
     poll_first_s: float = 5.0
     poll_backoff: float = 1.5
-    poll_max_s: float = 300.0
+    poll_max_s: float = 30.0
     heartbeat_s: float = 30.0
     # Broker destination and the messages' time to live.
     destination: str = "/queue/carousel"
