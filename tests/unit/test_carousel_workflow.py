@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 
 from unembargo.models.carousel import (
     CAROUSEL_WORKFLOW,
+    CHANGE,
     DATASET_MESSAGE,
     DECIDE_SIGNAL,
     FILE_MESSAGE,
@@ -279,3 +280,31 @@ async def test_second_request_joins_the_first(env: WorkflowEnvironment, queue: s
         got = await first.result()
     assert got.requests == 2 and len(w.rule_calls) == 1
     assert len(w.messages(FILE_MESSAGE)) == 2
+
+
+async def test_operator_changes_the_source(env: WorkflowEnvironment, queue: str) -> None:
+    """No other source holds the stuck file: the operator names one and the file stages from it."""
+    w = World(files=["a", "b"], open=False, stuck={"b"})
+    async with Worker(env.client, task_queue=queue, workflows=[CarouselWorkflow], activities=stubs(w)):
+        handle = await start(env.client, queue, request())
+        while (await handle.query("state", result_type=CarouselState)).operator is None:
+            await env.sleep(1)
+        await handle.signal(DECIDE_SIGNAL, Decision(CHANGE, src_rse="TAPE_X"))
+        got = await handle.result()
+    assert w.reruled[-1].source == "TAPE_X" and got.sources == ["TAPE_A", "TAPE_X"]
+    assert sorted(got.announced) == ["a", "b"] and got.transform_status == Status.FINISHED
+    assert got.decisions[0].endswith(CHANGE)
+
+
+async def test_operator_changes_the_destination(env: WorkflowEnvironment, queue: str) -> None:
+    """A new destination: a new dataset rule there; files already announced are not announced again."""
+    w = World(files=["a", "b"], open=False, stuck={"b"})
+    async with Worker(env.client, task_queue=queue, workflows=[CarouselWorkflow], activities=stubs(w)):
+        handle = await start(env.client, queue, request())
+        while (await handle.query("state", result_type=CarouselState)).operator is None:
+            await env.sleep(1)
+        w.stuck.clear()
+        await handle.signal(DECIDE_SIGNAL, Decision(CHANGE, dest_rse="DISK2"))
+        got = await handle.result()
+    assert w.rule_calls[-1].dest_rse == "DISK2" and got.dest_rse == "DISK2"
+    assert [m["name"] for m in w.messages(FILE_MESSAGE)] == ["a", "b"]
