@@ -1,5 +1,9 @@
 """Step 1, zip: an exposure's embargo folder as one zip at the destination.
 
+The folder is in the embargo bucket, or on a disk when the embargo butler's raws of the
+exposure are ``file://`` URIs: the raws say where, so one exposure is never read from
+both (``disk_folder_of``).
+
 ``<dest_root>/<instrument>/<day_obs>/<obs_id>.zip`` holds every object of the
 exposure's folder (raws, guider raws, sidecars, expectedSensors, anything else),
 under its key relative to the folder, plus ``_butler_zip_index.json`` (so
@@ -33,8 +37,9 @@ from temporalio import activity
 
 from unembargo.activities.context import Progress, Resources, checkpoint, heartbeating
 from unembargo.adapters import destination
+from unembargo.adapters.disk_source import list_disk_folder, with_md5
 from unembargo.adapters.headers import METADATA_INDEX, metadata_index
-from unembargo.adapters.s3 import list_folder, read_verified
+from unembargo.adapters.s3 import list_folder
 from unembargo.adapters.zipping import (
     BUTLER_INDEX,
     INDEX_NAMES,
@@ -42,9 +47,11 @@ from unembargo.adapters.zipping import (
     Member,
     WriteBehind,
     add_member,
+    artifact_uris,
     artifacts_by_member,
     detector_name,
     differences_text,
+    disk_folder_of,
     fetch_member,
     folder_members,
     in_order,
@@ -60,6 +67,7 @@ from unembargo.models.errors import (
     DestinationConflict,
     IncompleteExposure,
     MissingExposure,
+    SourceMismatch,
 )
 from unembargo.models.exposure import STEPS, Exposure, FileReceipt, Step, StepInput, ZipReceipt
 
@@ -88,23 +96,41 @@ class ZipActivities:
         if not folder.members:
             raise MissingExposure(
                 f"{exp.obs_id}: {folder.url} is empty; nothing to zip. Check the exposure "
-                "id and that its files reached the embargo bucket."
+                f"id and that its files reached {folder.where}."
             )
         refs, raws = self._raws(exp, folder)
         self._check_complete(exp, folder, refs)
         return self._build(exp, relpath, final, folder, zip_index(refs, raws))
 
     def _list(self, exp: Exposure) -> Folder:
+        """The exposure's folder, where its raws are: on disk if the butler says so, else S3."""
         settings = self.resources.settings
-        prefix = names.exposure_prefix(settings.s3_prefix, exp.instrument, exp.day_obs, exp.obs_id)
-        objects = list_folder(self.resources.s3, settings.s3_bucket, prefix)
-        folder = Folder(settings.s3_bucket, prefix, members={})
+        on_disk = self._disk_folder(exp)
+        if on_disk is not None:
+            root, prefix = on_disk
+            folder = Folder(settings.s3_bucket, prefix, members={}, root=root)
+            objects = list_disk_folder(root, prefix)
+        else:
+            prefix = names.exposure_prefix(settings.s3_prefix, exp.instrument, exp.day_obs, exp.obs_id)
+            folder = Folder(settings.s3_bucket, prefix, members={})
+            objects = list_folder(self.resources.s3, settings.s3_bucket, prefix)
         folder.members.update(folder_members(folder, objects))
         return folder
 
+    def _disk_folder(self, exp: Exposure) -> tuple[Path, str] | None:
+        """The disk root and folder of the exposure's raws, or None for S3 (also when the
+        butler has none of them yet: the folder is then listed, and found, as before)."""
+        butler = self.resources.embargo_butler()
+        try:
+            refs = raw_refs(butler, exp)
+        except (MissingExposure, SourceMismatch):
+            return None  # said again, with the folder listed, by the step that needs the raws
+        return disk_folder_of(artifact_uris(butler, refs), exp, self.resources.settings.s3_bucket)
+
     def _existing(self, exp: Exposure, final: Path, relpath: str, folder: Folder) -> ZipReceipt:
         """Receipt of a zip already in place if it matches the folder, else a conflict."""
-        check = verify_zip(final, folder.members, exp, Progress().beat)
+        members = folder.members if folder.root is None else with_md5(folder.root, folder.members)
+        check = verify_zip(final, members, exp, Progress().beat)
         if check.foreign:
             raise DestinationConflict(
                 f"{final} belongs to another exposure: its {BUTLER_INDEX} lists {check.foreign}, "
@@ -115,7 +141,7 @@ class ZipActivities:
         if check.differences:
             raise DestinationConflict(
                 f"{final} exists but does not match {folder.url}: {differences_text(check.differences)}. "
-                "It was left untouched. Compare it with the bucket; if the zip is wrong, "
+                f"It was left untouched. Compare it with {folder.storage}; if the zip is wrong, "
                 "move it aside (check Rucio and the main butler first), then "
                 f"{RERUN}."
             )
@@ -144,7 +170,7 @@ class ZipActivities:
                 f"{exp.obs_id}: no {name} in {folder.url} yet (found {len(refs)} raws); "
                 "it may still arrive. If it never will, the exposure cannot be zipped."
             )
-        expected = parse_expected_sensors(name, read_verified(self.resources.s3, folder.bucket, obj))
+        expected = parse_expected_sensors(name, folder.read(self.resources.s3, obj))
         present = {detector_name(ref) for ref in refs}
         missing = sorted(expected - present)
         if missing:
@@ -168,7 +194,7 @@ class ZipActivities:
         stamp = max(obj.last_modified for obj in folder.members.values())
         with destination.staged(final) as (raw_file, staging), WriteBehind(raw_file) as behind:
             out = destination.ChecksumWriter(behind)
-            self._write(out, members, index, stamp, folder.bucket)
+            self._write(out, members, index, stamp, folder)
             out.flush()
             file = FileReceipt(relpath=relpath, size=out.size, md5=out.md5, adler32=out.adler32)
             self.resources.record(exp, Step.ZIP, "install")
@@ -188,7 +214,7 @@ class ZipActivities:
         members: list[Member],
         index: ZipIndex,
         stamp: datetime,
-        bucket: str,
+        folder: Folder,
     ) -> None:
         """Butler index first, then the members in name order, then the header index."""
         s3 = self.resources.s3
@@ -196,7 +222,7 @@ class ZipActivities:
         progress = Progress()
         with zipfile.ZipFile(out, "w") as zf:
             add_member(zf, BUTLER_INDEX, index.model_dump_json().encode(), stamp)
-            fetched = in_order(lambda m: fetch_member(s3, bucket, m), members)
+            fetched = in_order(lambda m: fetch_member(s3, folder, m), members)
             with closing(fetched):
                 for done, (member, (data, header)) in enumerate(fetched, start=1):
                     add_member(zf, member.name, data, member.obj.last_modified)

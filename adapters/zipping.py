@@ -1,6 +1,7 @@
-"""Building and checking an exposure's zip: member names, the raws' butler refs, a bounded
-window of parallel S3 reads written in order, and the verification of a zip against the
-bucket listing. No Temporal here: activities/zip.py drives it."""
+"""Building and checking an exposure's zip: member names, the raws' butler refs and where
+they are (an S3 bucket or a disk), a bounded window of parallel reads written in order, and
+the verification of a zip against the folder's listing. No Temporal here: activities/zip.py
+drives it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from lsst.resources import ResourcePath
 
 from unembargo.adapters import destination
 from unembargo.adapters.butler import RAW_TYPES, exposure_record
+from unembargo.adapters.disk_source import read_disk_verified
 from unembargo.adapters.headers import METADATA_INDEX, raw_metadata
 from unembargo.adapters.s3 import S3Client, S3Object, read_verified
 from unembargo.models.errors import (
@@ -81,15 +83,38 @@ class Member:
 
 @dataclass(frozen=True)
 class Folder:
-    """The listed folder: where it is and its members by name."""
+    """The listed folder: where it is and its members by name.
+
+    In the bucket ``bucket`` under ``prefix``, or, with a disk ``root``, the directory
+    ``root/prefix`` (its members keyed by their path relative to ``root``).
+    """
 
     bucket: str
     prefix: str
     members: dict[str, S3Object]
+    root: Path | None = None
 
     @property
     def url(self) -> str:
+        if self.root is not None:
+            return f"{(self.root / self.prefix).as_uri()}/"
         return f"s3://{self.bucket}/{self.prefix}"
+
+    @property
+    def where(self) -> str:
+        """The embargo storage, for a message."""
+        return "the embargo disk" if self.root is not None else "the embargo bucket"
+
+    @property
+    def storage(self) -> str:
+        """The folder's storage, in a sentence about the folder."""
+        return "the disk" if self.root is not None else "the bucket"
+
+    def read(self, s3: S3Client, obj: S3Object) -> bytes:
+        """One member's bytes, checked against its listing."""
+        if self.root is not None:
+            return read_disk_verified(self.root, obj)
+        return read_verified(s3, self.bucket, obj)
 
 
 def member_name(folder: Folder, key: str) -> str:
@@ -99,7 +124,7 @@ def member_name(folder: Folder, key: str) -> str:
     if problem:
         raise UnsafeKey(
             f"object key {key!r} in {folder.url} cannot be a zip member ({problem}); nothing "
-            "was written. Rename or remove the object in the embargo bucket, then "
+            f"was written. Rename or remove the object in {folder.where}, then "
             f"{RERUN}."
         )
     assert name is not None
@@ -128,7 +153,7 @@ def folder_members(folder: Folder, objects: list[S3Object]) -> dict[str, S3Objec
         raise UnsafeKey(
             f"{len(unsafe)} object key{'s' if len(unsafe) != 1 else ''} in {folder.url} cannot be "
             f"zip members: {names_text(unsafe)}; nothing was written. Rename or remove "
-            f"{'them' if len(unsafe) != 1 else 'it'} in the embargo bucket, then {RERUN}."
+            f"{'them' if len(unsafe) != 1 else 'it'} in {folder.where}, then {RERUN}."
         )
     return members
 
@@ -208,23 +233,89 @@ def artifacts_by_member(
 
 
 def _artifact_member(folder: Folder, path: str, root: ResourcePath | None, size: int) -> str:
-    """Member name of a datastore file, which must be a listed object of the recorded size."""
-    uri = root.join(path) if root is not None else ResourcePath(path)
-    key = uri.relativeToPathRoot
-    name = key[len(folder.prefix) :] if key.startswith(folder.prefix) else None
-    obj = folder.members.get(name) if uri.scheme == "s3" and uri.netloc == folder.bucket and name else None
+    """Member name of a datastore file, which must be a listed object of the recorded size:
+    an ``s3://`` URI in the folder's bucket, or a ``file://`` one under its disk root."""
+    uri = artifact_uri(path, root)
+    key = _folder_key(folder, uri)
+    name = key[len(folder.prefix) :] if key is not None and key.startswith(folder.prefix) else None
+    obj = folder.members.get(name) if name else None
+    storage = "a file" if folder.root is not None else "an object"
     if obj is None:
         raise SourceMismatch(
-            f"the embargo butler has a raw at {uri}, which is not an object of {folder.url}; "
-            "the bucket and the butler disagree, repair one of them."
+            f"the embargo butler has a raw at {uri}, which is not {storage} of {folder.url}; "
+            f"{folder.storage} and the butler disagree, repair one of them."
         )
     if size >= 0 and obj.size != size:
         raise SourceMismatch(
-            f"{uri} is {obj.size} bytes in the bucket but {size} bytes in the embargo butler "
+            f"{uri} is {obj.size} bytes in {folder.storage} but {size} bytes in the embargo butler "
             "(truncated or replaced?); re-send and re-ingest it."
         )
     assert name is not None
     return name
+
+
+def artifact_uri(path: str, root: ResourcePath | None) -> ResourcePath:
+    """Where a datastore record's file is: its path under the datastore root, or absolute."""
+    return root.join(path) if root is not None else ResourcePath(path)
+
+
+def _folder_key(folder: Folder, uri: ResourcePath) -> str | None:
+    """The listing key ``uri`` would have in ``folder``'s storage, or None if it is elsewhere."""
+    if folder.root is None:
+        return uri.relativeToPathRoot if uri.scheme == "s3" and uri.netloc == folder.bucket else None
+    if uri.scheme != "file":
+        return None
+    try:
+        return Path(uri.ospath).relative_to(folder.root).as_posix()
+    except ValueError:
+        return None
+
+
+def artifact_uris(butler: Butler, refs: Iterable[DatasetRef]) -> list[ResourcePath]:
+    """Every file the embargo datastore records for ``refs``."""
+    roots = butler.get_datastore_roots()
+    uris = []
+    for datastore_name, data in butler._datastore.export_records(list(refs)).items():
+        for by_table in data.records.values():
+            for infos in by_table.values():
+                for info in infos:
+                    if isinstance(info, StoredFileInfo):
+                        uris.append(artifact_uri(info.path, roots.get(datastore_name)))
+    return uris
+
+
+def disk_folder_of(uris: list[ResourcePath], exp: Exposure, s3_bucket: str) -> tuple[Path, str] | None:
+    """Where the raws of ``exp`` are, from their URIs: None if in S3 (or there are none),
+    else the disk root and the folder ``<instrument>/<day_obs>/<obs_id>/`` under it holding
+    every one. A raw elsewhere, or raws of one exposure on both, is SourceMismatch."""
+    schemes = {uri.scheme for uri in uris}
+    if not uris or schemes == {"s3"}:
+        return None
+    if schemes != {"file"}:
+        raise SourceMismatch(
+            f"the embargo butler has the raws of {exp.obs_id} on {' and '.join(sorted(schemes))}: "
+            f"an exposure is read from one storage (s3 or file), so it cannot be zipped as it is; "
+            f"move its raws to one of them (e.g. s3://{s3_bucket}/...) and re-ingest them."
+        )
+    tail = (exp.instrument, str(exp.day_obs), exp.obs_id)
+    folders = set()
+    for uri in uris:
+        parts = Path(uri.ospath).parts
+        at = next((i for i in range(len(parts) - 4, 0, -1) if parts[i : i + 3] == tail), None)
+        if at is None:
+            raise SourceMismatch(
+                f"the embargo butler has a raw of {exp.obs_id} at {uri}, which is not in a "
+                f"{'/'.join(tail)}/ folder on disk; the folder's other files (expectedSensors, "
+                "sidecars) cannot be found beside it. Move it there and re-ingest it."
+            )
+        folders.add(Path(*parts[:at]))
+    if len(folders) != 1:
+        raise SourceMismatch(
+            f"the raws of {exp.obs_id} are in {len(folders)} folders on disk "
+            f"({names_text(sorted(str(f) for f in folders))}); an exposure is one folder. Move them "
+            "into one and re-ingest them."
+        )
+    return folders.pop(), "/".join(tail) + "/"
 
 
 def zip_index(refs: list[DatasetRef], raws: Mapping[str, ArtifactIndexInfo]) -> ZipIndex:
@@ -439,9 +530,9 @@ def in_order(
         budget.give(held)
 
 
-def fetch_member(s3: S3Client, bucket: str, member: Member) -> tuple[bytes, dict[str, Any] | None]:
+def fetch_member(s3: S3Client, folder: Folder, member: Member) -> tuple[bytes, dict[str, Any] | None]:
     """One object's verified bytes, and for a raw its checked header metadata."""
-    data = read_verified(s3, bucket, member.obj)
+    data = folder.read(s3, member.obj)
     return data, (raw_metadata(member.name, data) if member.raw else None)
 
 

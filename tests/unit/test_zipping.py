@@ -1,10 +1,12 @@
 """The zip step's pieces that need no service: member names, FITS checks, ordered fetches
-within a byte budget, the write-behind buffer. (The step itself, on real S3 and butlers:
-tests/stack/test_zip.py.)"""
+within a byte budget, the write-behind buffer, a folder on disk and where an exposure's raws
+are. (The step itself, on real S3 and butlers: tests/stack/test_zip.py; from a POSIX
+datastore: tests/stack/test_posix_source.py.)"""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import threading
 from datetime import UTC, datetime
@@ -12,13 +14,26 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from lsst.resources import ResourcePath
 
+from unembargo.adapters.disk_source import list_disk_folder, read_disk_verified, with_md5
 from unembargo.adapters.headers import raw_metadata
-from unembargo.adapters.s3 import S3Object
-from unembargo.adapters.zipping import ByteBudget, Folder, Member, WriteBehind, in_order, member_name
+from unembargo.adapters.s3 import S3Object, SourceChanged
+from unembargo.adapters.zipping import (
+    ByteBudget,
+    Folder,
+    Member,
+    WriteBehind,
+    _artifact_member,
+    disk_folder_of,
+    folder_members,
+    in_order,
+    member_name,
+)
 from unembargo.devstack.lsstcam import DETECTORS
 from unembargo.devstack.seed import plan_exposure, raw_file
 from unembargo.models.errors import SourceMismatch, UnsafeKey
+from unembargo.models.exposure import Exposure
 
 DAY_OBS = 20251231
 FILE_SIZE = 8 * 1024
@@ -126,3 +141,97 @@ def test_write_behind_keeps_order_and_hands_back_write_errors(tmp_path: Path) ->
             behind.write(b"x" * 1000)
         behind.flush()
     assert caught.value.errno == errno.ENOSPC
+
+
+PREFIX = "LSSTCam/20251231/MC_O_20251231_000001/"
+EXP = Exposure("LSSTCam", DAY_OBS, "MC_O_20251231_000001", 2025123100001)
+
+
+def _disk_folder(root: Path, files: dict[str, bytes]) -> Folder:
+    for name, body in files.items():
+        (root / PREFIX / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / PREFIX / name).write_bytes(body)
+    folder = Folder("embargo", PREFIX, members={}, root=root)
+    folder.members.update(folder_members(folder, list_disk_folder(root, PREFIX)))
+    return folder
+
+
+def test_a_disk_folder_lists_and_reads_like_a_bucket(tmp_path: Path) -> None:
+    """Every file under the folder, by its relative name; reads checked against the listing."""
+    files = {
+        "a.fits": b"a" * 100,
+        "sub dir/é.json": b"{}",
+        "MC_O_20251231_000001_expectedSensors.json": b"[]",
+    }
+    folder = _disk_folder(tmp_path, files)
+    assert folder.url == f"{(tmp_path / PREFIX).as_uri()}/"
+    assert {name: obj.size for name, obj in folder.members.items()} == {n: len(b) for n, b in files.items()}
+    assert all(obj.md5 is None for obj in folder.members.values())
+    assert {n: folder.read(cast(Any, None), obj) for n, obj in folder.members.items()} == files
+    checked = with_md5(tmp_path, folder.members)
+    assert checked["a.fits"].md5 == hashlib.md5(files["a.fits"]).hexdigest()
+    assert read_disk_verified(tmp_path, checked["a.fits"]) == files["a.fits"]
+    assert list_disk_folder(tmp_path, "LSSTCam/20251231/MC_O_20251231_000002/") == []
+
+
+def test_a_truncated_replaced_or_vanished_file_is_a_named_error(tmp_path: Path) -> None:
+    folder = _disk_folder(tmp_path, {"a.fits": b"a" * 100})
+    listed = folder.members["a.fits"]
+    (tmp_path / PREFIX / "a.fits").write_bytes(b"a" * 60)
+    with pytest.raises(SourceMismatch, match="60 bytes where the listing says 100.*truncated"):
+        folder.read(cast(Any, None), listed)
+    (tmp_path / PREFIX / "a.fits").write_bytes(b"b" * 100)
+    with pytest.raises(SourceMismatch, match="md5"):
+        read_disk_verified(
+            tmp_path, S3Object(listed.key, 100, hashlib.md5(b"a" * 100).hexdigest(), listed.last_modified)
+        )
+    (tmp_path / PREFIX / "a.fits").unlink()
+    with pytest.raises(SourceChanged, match="vanished"):
+        folder.read(cast(Any, None), listed)
+    with pytest.raises(SourceChanged, match="vanished"):
+        with_md5(tmp_path, folder.members)
+
+
+def test_unsafe_names_on_disk_name_the_embargo_disk(tmp_path: Path) -> None:
+    folder = Folder("embargo", PREFIX, members={}, root=tmp_path)
+    now = datetime.now(UTC)
+    with pytest.raises(UnsafeKey, match="in the embargo disk"):
+        folder_members(folder, [S3Object(PREFIX + "_metadata_index.json", 1, "", now)])
+
+
+def test_butler_file_uris_are_members_of_the_disk_folder_only(tmp_path: Path) -> None:
+    """A file:// raw is a member when listed under the root at its recorded size; an s3:// raw,
+    a file elsewhere or of another size is a SourceMismatch."""
+    folder = _disk_folder(tmp_path, {"a.fits": b"a" * 100})
+    path = str(tmp_path / PREFIX / "a.fits")
+    assert _artifact_member(folder, path, None, 100) == "a.fits"
+    assert (
+        _artifact_member(folder, "a.fits", ResourcePath(f"{tmp_path / PREFIX}/", forceDirectory=True), -1)
+        == "a.fits"
+    )
+    with pytest.raises(SourceMismatch, match="100 bytes in the disk but 99"):
+        _artifact_member(folder, path, None, 99)
+    for elsewhere in [f"s3://embargo/{PREFIX}a.fits", str(tmp_path.parent / PREFIX / "a.fits")]:
+        with pytest.raises(SourceMismatch, match="not a file of"):
+            _artifact_member(folder, elsewhere, None, 100)
+    in_s3 = Folder("embargo", PREFIX, members={"a.fits": folder.members["a.fits"]})
+    with pytest.raises(SourceMismatch, match="not an object of s3://embargo/"):
+        _artifact_member(in_s3, path, None, 100)
+
+
+def test_the_raws_say_where_the_folder_is(tmp_path: Path) -> None:
+    """All s3 (or none): the bucket. All file under one <instrument>/<day_obs>/<obs_id>/: that
+    disk folder. A mix, a raw outside such a folder, or two folders: SourceMismatch."""
+    raw = tmp_path / "embargo" / PREFIX / "r.fits"
+    s3 = ResourcePath(f"s3://embargo/{PREFIX}r.fits")
+    assert disk_folder_of([], EXP, "embargo") is None
+    assert disk_folder_of([s3], EXP, "embargo") is None
+    assert disk_folder_of([ResourcePath(raw)] * 2, EXP, "embargo") == (tmp_path / "embargo", PREFIX)
+    with pytest.raises(SourceMismatch, match="on file and s3"):
+        disk_folder_of([ResourcePath(raw), s3], EXP, "embargo")
+    with pytest.raises(SourceMismatch, match="not in a LSSTCam/20251231/MC_O_20251231_000001/ folder"):
+        disk_folder_of([ResourcePath(tmp_path / "r.fits")], EXP, "embargo")
+    with pytest.raises(SourceMismatch, match="in 2 folders"):
+        disk_folder_of(
+            [ResourcePath(raw), ResourcePath(tmp_path / "copy" / PREFIX / "r.fits")], EXP, "embargo"
+        )
