@@ -90,7 +90,8 @@ def test_up_is_idempotent_and_down_leaves_nothing(
     (tmp_path / "state" / "rucio").mkdir(parents=True)
     # Share the session stack's Rucio venv: the pip install is not what this test is about.
     (tmp_path / "state" / "rucio" / "venv").symlink_to(rucio_venv)
-    ports = dict(zip(("temporal", "ui", "s3", "rucio", "listen"), procs.free_ports(5), strict=True))
+    names = ("temporal", "ui", "s3", "rucio", "listen", "broker")
+    ports = dict(zip(names, procs.free_ports(len(names)), strict=True))
     own = Settings(
         state_dir=tmp_path / "state",
         temporal_address=f"127.0.0.1:{ports['temporal']}",
@@ -102,12 +103,16 @@ def test_up_is_idempotent_and_down_leaves_nothing(
         database_url=f"sqlite:///{tmp_path / 'state' / 'db.sqlite'}",
         workflow_task_queue=f"wf-{uuid.uuid4().hex[:8]}",
     )
-    env = {**own.environment(), "UNEMBARGO_LISTEN_PORT": str(ports["listen"])}
+    env = {
+        **own.environment(),
+        "UNEMBARGO_LISTEN_PORT": str(ports["listen"]),
+        "UNEMBARGO_CAROUSEL_BROKER_PORT": str(ports["broker"]),
+    }
     # Whatever fails below, this stack must not outlive the test (a no-op after `dev down`).
     request.addfinalizer(partial(stack.down, own))
     first = _cli(env, "up")
     assert first.returncode == 0, first.stdout + first.stderr
-    services = ("s3", "temporal", "rucio", "worker", "listen")  # PostgreSQL is reused
+    services = [service.name for service in stack.SERVICES if service.name != "postgres"]  # reused
     assert first.stdout.count("started") == len(services), first.stdout
 
     second = _cli(env, "up")
@@ -127,8 +132,9 @@ def test_up_is_idempotent_and_down_leaves_nothing(
         # `down` did not start them, so it cannot reap them: each stays a zombie until init
         # does (about a second here). Gone within seconds, or it was not stopped.
         assert procs.poll(partial(_gone, rec.pid), 10, raise_on_timeout=False), rec
-    listen_url = f"http://127.0.0.1:{ports['listen']}"
-    for url in (own.temporal_address, own.temporal_ui_url, own.s3_endpoint_url, own.rucio_host, listen_url):
+    urls = [own.temporal_address, own.temporal_ui_url, own.s3_endpoint_url, own.rucio_host]
+    urls += [f"http://127.0.0.1:{ports['listen']}", f"stomp://127.0.0.1:{ports['broker']}"]
+    for url in urls:
         assert url is not None
         assert not procs.port_open(*host_port(url)), f"{url} still listening"
     # PostgreSQL was reused, not started by this stack: down must leave it running.
