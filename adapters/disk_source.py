@@ -7,31 +7,54 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat as st
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from unembargo.adapters.s3 import READ_ATTEMPTS, S3Object, SourceChanged, disagreement
-from unembargo.models.errors import SourceMismatch
+from unembargo.models.errors import RERUN, SourceMismatch, UnsafeKey
 
 CHUNK = 8 * 1024 * 1024
 
 
 def list_disk_folder(root: Path, prefix: str) -> list[S3Object]:
     """Every regular file under ``root/prefix``, keyed by its path relative to ``root``, in
-    key order; none if the folder does not exist. Directory symlinks are not followed."""
+    key order; none if the folder does not exist.
+
+    Nothing under it may go unlisted: a directory that cannot be read is a SourceMismatch, and
+    a directory symlink (not followed: it could lead out of the folder) an UnsafeKey.
+    """
     top = root / prefix
+    if not top.is_dir():
+        return []
     found: list[S3Object] = []
-    for dirpath, _dirs, files in os.walk(top):
+    for dirpath, dirs, files in os.walk(top, onerror=_unlistable):
+        for name in dirs:
+            if (Path(dirpath) / name).is_symlink():
+                raise UnsafeKey(
+                    f"{Path(dirpath) / name} is a symlink to a directory in the exposure's folder; "
+                    f"nothing was written. Replace it with the files themselves, then {RERUN}."
+                )
         for name in files:
             path = Path(dirpath) / name
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue  # removed while listed: as a listing taken a moment later
-            found.append(_entry(path.relative_to(root).as_posix(), stat))
+            if st.S_ISREG(stat.st_mode):
+                found.append(_entry(path.relative_to(root).as_posix(), stat))
     return sorted(found, key=lambda obj: obj.key)
+
+
+def _unlistable(err: OSError) -> None:
+    if isinstance(err, FileNotFoundError):
+        raise SourceChanged(f"{err.filename} vanished while the folder was listed; retrying")
+    raise SourceMismatch(
+        f"{err.filename} in the exposure's folder cannot be listed ({err.__class__.__name__}); "
+        f"nothing was written. Make it readable by the worker, then {RERUN}."
+    )
 
 
 def _entry(key: str, stat: os.stat_result) -> S3Object:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,6 +191,29 @@ def test_a_truncated_replaced_or_vanished_file_is_a_named_error(tmp_path: Path) 
         folder.read(cast(Any, None), listed)
     with pytest.raises(SourceChanged, match="vanished"):
         with_md5(tmp_path, folder.members)
+
+
+def test_nothing_under_a_disk_folder_goes_unlisted(tmp_path: Path) -> None:
+    """A directory symlink is refused (it could lead out); a FIFO is no file."""
+    _disk_folder(tmp_path, {"a.fits": b"a"})
+    os.mkfifo(tmp_path / PREFIX / "pipe")
+    assert [o.key for o in list_disk_folder(tmp_path, PREFIX)] == [PREFIX + "a.fits"]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / PREFIX / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafeKey, match="symlink to a directory"):
+        list_disk_folder(tmp_path, PREFIX)
+
+
+def test_an_unreadable_directory_in_a_disk_folder_is_refused(tmp_path: Path) -> None:
+    _disk_folder(tmp_path, {"a.fits": b"a"})
+    (tmp_path / PREFIX / "locked").mkdir(mode=0)
+    try:
+        if os.access(tmp_path / PREFIX / "locked", os.R_OK):
+            pytest.skip("permissions do not apply to this user")
+        with pytest.raises(SourceMismatch, match="cannot be listed"):
+            list_disk_folder(tmp_path, PREFIX)
+    finally:
+        (tmp_path / PREFIX / "locked").chmod(0o755)
 
 
 def test_unsafe_names_on_disk_name_the_embargo_disk(tmp_path: Path) -> None:
