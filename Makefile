@@ -25,8 +25,9 @@ demo: setup
 # Both test layers: unit (no services, seconds) then stack (the real services).
 test: test-unit test-stack
 
+# A unit test takes seconds: one that hangs fails after two minutes, not the stack's fifteen.
 test-unit: setup
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit -o timeout=120
 
 # Two sessions side by side on one shared stack (each isolated, see tests/stack/conftest.py):
 # most of a stack test is waiting on timers and services, so two overlap well on two cores.
