@@ -2,8 +2,9 @@
 
 The stack (PostgreSQL, S3, Temporal, Rucio) runs under ``.dev/test-stack`` on its
 own ports, so tests never touch a developer's ``unembargo dev`` stack. It is
-reused when already up and stopped at the end only if this session started it
-and no other session still uses it.
+reused when already up; the last session to end stops the services a test session
+started (never one a developer started), so parallel sessions (pytest-xdist) leave
+nothing running.
 Each session then gets its own bucket, butler repos, destination root, Rucio scope
 and RSE, database and task queues, so sessions and tests do not see each other's
 data; a module that must not share even the session's uses ``module_settings``.
@@ -44,18 +45,31 @@ def stack_up() -> Iterator[Settings]:
         fcntl.flock(users, fcntl.LOCK_SH)
         with open(STACK_DIR / "up.lock", "a") as up:
             fcntl.flock(up, fcntl.LOCK_EX)
-            started = [
-                service
+            started = {
+                service.name
                 for service in stack.SERVICES
                 if service.name in TEST_SERVICES and service.ensure(base) == "started"
-            ]
+            }
+            if started:
+                STARTED.write_text("\n".join(sorted(started | _started_by_tests())))
         yield base
         try:
             fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return  # another session still uses them
-        for service in reversed(started):
-            service.stop(base)
+            return  # another session still uses them; the last one out stops them
+        by_tests = _started_by_tests()
+        for service in reversed(stack.SERVICES):
+            if service.name in by_tests:
+                service.stop(base)
+        STARTED.unlink(missing_ok=True)
+
+
+# Services some test session started (and so the last session out stops).
+STARTED = STACK_DIR / "started-by-tests"
+
+
+def _started_by_tests() -> set[str]:
+    return set(STARTED.read_text().split()) if STARTED.exists() else set()
 
 
 def isolate(base: Settings, root: Path) -> Settings:
