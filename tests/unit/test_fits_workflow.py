@@ -212,8 +212,7 @@ async def test_the_same_name_twice_is_one_workflow_and_one_more_pass(
     name = fname()
     async with world.worker(env):
         first = await arrive(env.client, world, name)
-        while world.in_copy == 0:
-            await asyncio.sleep(0.05)
+        await _until(lambda: world.in_copy > 0)
         # The file is rewritten on the DHS disk (and requeued) while its first copy runs.
         second = await arrive(env.client, world, name)
         await arrive(env.client, world, name, ff.Again(copy=False, force=True))
