@@ -1,4 +1,5 @@
-"""The FITS flow's activities: the DHS and dataflow disks, the destinations, the database.
+"""The FITS flow's activities: the DHS and dataflow disks, the destinations, the databases
+(the archive's rows in the archive's own database when it has one: adapters/fits_db.FitsDatabases).
 
 Each checks its "done when" first: a copy whose target has the source's md5 and size is
 not made again; an ingest whose diskfile is current is a no-op; an export whose
@@ -74,13 +75,23 @@ class FitsActivities:
         self.resources = resources
         self.client = client
         self.settings = settings or FitsSettings()
+        url = self.settings.archive_database_url
+        # The archive's rows go to its own database when it has one (models/fits.FitsSettings).
+        self.databases = fits_db.FitsDatabases(
+            lambda: resources.engine, self.settings.archive, url.get_secret_value() if url else None
+        )
         self._s3: dict[str | None, Any] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
 
     def _session(self) -> Session:
+        """The main database: locations, the ledger, the watch's memory, destinations' health."""
         return Session(self.resources.engine)
+
+    def _db(self, location: str) -> Session:
+        """The database holding ``location``'s files, headers, previews and calibrations."""
+        return self.databases.session(location)
 
     def _location(self, name: str) -> DataLocation:
         with self._session() as session:
@@ -191,7 +202,7 @@ class FitsActivities:
             checkpoint("fits_ingest", "acting")
             self._record(inp.name, "fits_ingest", outcome)
 
-        with self._session() as session, heartbeating():
+        with self._db(inp.location) as session, heartbeating():
             got = fits_db.ingest(session, inp.name, inp.location, path, inp.force, inp.force_md5, before)
         checkpoint("fits_ingest", "acted")
         return got
@@ -250,7 +261,7 @@ class FitsActivities:
             held = store.stat(inp.name)
             if held is None:
                 raise FileNotFoundError(f"{inp.location} does not hold {inp.name} (yet); will retry")
-            with self._session() as session:
+            with self._db(inp.location) as session:
                 now = fits_db.current(session, inp.name, inp.location)
                 if now is not None and now.md5 == held[0] and not inp.force:
                     header = fits_db.header_of(session, now)
@@ -263,7 +274,7 @@ class FitsActivities:
                 checkpoint("fits_archive_ingest", "acting")
                 self._record(inp.name, "fits_archive_ingest", outcome)
 
-            with store.local(inp.name) as path, self._session() as session:
+            with store.local(inp.name) as path, self._db(inp.location) as session:
                 got = fits_db.ingest(session, inp.name, inp.location, path, force=True, before=before)
             checkpoint("fits_archive_ingest", "acted")
         return got
@@ -271,7 +282,7 @@ class FitsActivities:
     @activity.defn(name=STEPS[Step.PREVIEW].activity)
     def fits_preview(self, inp: PreviewInput) -> PreviewReceipt:
         key = preview_key(inp.name)
-        with self._session() as session:
+        with self._db(inp.location) as session:
             now = fits_db.current(session, inp.name, inp.location)
             if now is None:
                 raise FileNotFoundError(f"{inp.name} is not ingested at {inp.location} yet; will retry")
@@ -292,14 +303,14 @@ class FitsActivities:
             tmp = target.with_name(f".{target.name}.part")
             tmp.write_bytes(png)
             tmp.replace(target)
-        with self._session() as session:
+        with self._db(inp.location) as session:
             fits_db.record_preview(session, inp.name, inp.location, key, md5, (width, height))
         checkpoint("fits_preview", "acted")
         return PreviewReceipt(key, True, width, height)
 
     @activity.defn(name=STEPS[Step.CALIBRATION].activity)
     def fits_calibration(self, inp: CalibrationInput) -> CalibrationReceipt:
-        with self._session() as session:
+        with self._db(inp.location) as session:
             found = fits_db.associate(session, inp.name, inp.location, inp.window_days)
         checkpoint("fits_calibration", "acted")
         return found

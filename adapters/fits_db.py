@@ -1,5 +1,5 @@
 """The FITS database: ingest a file's headers, the calibration association cache, previews'
-rows and destinations' health.
+rows and destinations' health; and which database holds a location's rows.
 
 An ingest is one transaction: the new diskfile and its header row appear, and the old
 diskfile stops being present and canonical, together or not at all, so an ingest killed
@@ -9,10 +9,12 @@ half-way leaves the previous state and runs again from it.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from unembargo.adapters import fits_check
@@ -41,6 +43,56 @@ from unembargo.models.fits_flow import (
     name_kind,
     reingest_needed,
 )
+from unembargo.models.locations import DataLocation, Site, get_location
+from unembargo.models.tables import connect
+
+
+class FitsDatabases:
+    """Which database holds a location's FITS rows: the archive's own database (when it has
+    one) for the archive location, the main database for every other location.
+
+    The archive's database is connected (and migrated to every head, the ``fits`` branch with
+    them) on first use, and given a copy of the archive's location and site rows, which its
+    rows' foreign keys name; the main database stays the locations' register.
+    """
+
+    def __init__(self, main: Callable[[], Engine], archive: str, archive_url: str | None) -> None:
+        self._main = main
+        self.archive = archive
+        self._archive_url = archive_url
+        self._archive: Engine | None = None
+        self._lock = threading.Lock()
+
+    def separate(self, location: str) -> bool:
+        """Whether ``location``'s rows live in a database of their own (the archive's)."""
+        return location == self.archive and self._archive_url is not None
+
+    def engine_for(self, location: str) -> Engine:
+        if not self.separate(location):
+            return self._main()
+        with self._lock:
+            if self._archive is None:
+                assert self._archive_url is not None
+                engine = connect(self._archive_url)
+                _copy_location(self._main(), engine, location)
+                self._archive = engine
+        return self._archive
+
+    def session(self, location: str) -> Session:
+        return Session(self.engine_for(location))
+
+
+def _copy_location(main: Engine, target: Engine, name: str) -> None:
+    """The location ``name`` and its site, as the main database has them, into ``target``."""
+    with Session(main) as src:
+        loc = get_location(src, name)
+        site = src.get(Site, loc.site)
+        rows: list[Site | DataLocation] = [Site(**site.model_dump(warnings=False))] if site else []
+        rows.append(DataLocation(**loc.model_dump(warnings=False)))
+    with Session(target) as session:
+        for row in rows:
+            session.merge(row)
+        session.commit()
 
 
 def _utc(when: datetime) -> datetime:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -156,6 +157,10 @@ class FitsSettings(BaseSettings):
     dataflow: str = "dataflow"
     destinations: list[str] = ["archive"]
     archive: str = "archive"
+    # The archive's own database (a URL, often with a password: a secret, so not a column of
+    # its location row): the archive's ingest, preview and calibration rows are written there.
+    # Unset, they share the main database (``UNEMBARGO_DATABASE_URL``) with the summit's.
+    archive_database_url: SecretStr | None = None
     # The poller's period (no inotify on NFS filers), a file's minimum age before it is
     # copied, and how many scans in a row a file must fail validation to be reported.
     poll_s: float = 5.0

@@ -6,10 +6,12 @@ beside them. `unembargo fits watch`'s poller copies each valid file to the dataf
 with its md5, its workflow ingests the headers, exports it to the archive (an S3 bucket:
 md5 asked first, md5 and size checked after) and to a mirror bucket that does not exist
 at first (a destination down: backed off, visibly, while the archive goes on), ingests
-it at the archive, makes its preview and its calibration associations. The corrupt file
-is reported by name, never copied. Files written while the worker restarts are caught up
-with, a touched one is not copied again; a file rewritten on the dataflow disk is
-re-ingested by `requeue` and exported again; nothing is done twice (the side-effect ledger).
+it at the archive, makes its preview and its calibration associations (rows the archive
+writes to its own database, a second SQLite file; the summit's ingest goes to the main
+one). The corrupt file is reported by name, never copied. Files written while the worker
+restarts are caught up with, a touched one is not copied again; a file rewritten on the
+dataflow disk is re-ingested by `requeue` and exported again; nothing is done twice (the
+side-effect ledger).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pathlib import Path
 import fits_samples as fs
 import pytest
 from PIL import Image
-from sqlmodel import Session, select
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from support import WorkerProcess, poll_until
@@ -37,7 +40,15 @@ from unembargo.adapters.fits_start import file_input, start_file
 from unembargo.adapters.s3 import connect as s3_connect
 from unembargo.client.fits import requeue, schedule_requeue, select_files, start_watch, status
 from unembargo.models import fits_flow as ff
-from unembargo.models.fits import FitsDiskFile, FitsSeen, FitsSettings
+from unembargo.models.fits import (
+    FitsCalibration,
+    FitsDiskFile,
+    FitsFile,
+    FitsHeader,
+    FitsPreview,
+    FitsSeen,
+    FitsSettings,
+)
 from unembargo.models.locations import DataLocation, LocationType, StorageType
 from unembargo.models.settings import Settings
 from unembargo.models.tables import Effect, connect, upsert_location
@@ -70,7 +81,7 @@ def _locations(settings: Settings, root: Path, tag: str, mirror: bool = True) ->
 @pytest.fixture(scope="module")
 def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Four locations of their own (DHS and dataflow disks, archive and mirror buckets), the
-    FITS settings naming them, and a worker serving them."""
+    archive's own database, the FITS settings naming them, and a worker serving them."""
     tag = uuid.uuid4().hex[:6]
     root = tmp_path_factory.mktemp("fits")
     rows = _locations(settings, root, tag)
@@ -79,6 +90,7 @@ def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "UNEMBARGO_FITS_DATAFLOW": rows[1].name,
         "UNEMBARGO_FITS_DESTINATIONS": f'["{rows[2].name}", "{rows[3].name}"]',
         "UNEMBARGO_FITS_ARCHIVE": rows[2].name,
+        "UNEMBARGO_FITS_ARCHIVE_DATABASE_URL": f"sqlite:///{root / 'archive.db'}",
         "UNEMBARGO_FITS_POLL_S": "1",
         "UNEMBARGO_FITS_MIN_AGE_S": "2",
         "UNEMBARGO_FITS_BACKOFF_INITIAL_S": "1",
@@ -89,6 +101,7 @@ def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     found = {
         "rows": rows, "root": root, "s3": s3_connect(settings.s3_endpoint_url), "env": env,
         "engine": connect(settings.database_url.get_secret_value()), "fits": FitsSettings(),
+        "archive_engine": connect(env["UNEMBARGO_FITS_ARCHIVE_DATABASE_URL"]),
         "archive_bucket": f"fits-archive-{tag}", "mirror_bucket": f"fits-mirror-{tag}",
         "worker": WorkerProcess(settings, [r.name for r in rows], env=env),
     }  # fmt: skip
@@ -107,6 +120,35 @@ def _ledger(engine: object, names: set[str]) -> Counter[tuple[str, str, str]]:
     return Counter((r.obs_id, r.step, r.action) for r in rows)
 
 
+def _versions(engines: list[Engine], name: str) -> int:
+    """Diskfiles of ``name`` in these databases (every version at every location)."""
+    count = 0
+    for engine in engines:
+        with Session(engine) as session:
+            count += len(session.exec(select(FitsDiskFile).where(FitsDiskFile.path == name)).all())
+    return count
+
+
+def _rows_at(engine: Engine, location: str) -> dict[str, set[str]]:
+    """The names with a diskfile, header, preview or calibration row at ``location``."""
+    disk = col(FitsFile.id) == col(FitsDiskFile.file_id)
+    queries = {
+        "diskfile": select(FitsFile.name).join(FitsDiskFile, disk).where(FitsDiskFile.location == location),
+        "header": select(FitsFile.name)
+        .join(FitsDiskFile, disk)
+        .join(FitsHeader, col(FitsHeader.diskfile_id) == col(FitsDiskFile.id))
+        .where(FitsDiskFile.location == location),
+        "preview": select(FitsFile.name)
+        .join(FitsPreview, col(FitsFile.id) == col(FitsPreview.file_id))
+        .where(FitsPreview.location == location),
+        "calibration": select(FitsFile.name)
+        .join(FitsCalibration, col(FitsFile.id) == col(FitsCalibration.science_file_id))
+        .where(FitsCalibration.location == location),
+    }
+    with Session(engine) as session:
+        return {table: set(session.exec(query).all()) for table, query in queries.items()}
+
+
 async def _states(client: Client, names: list[str]) -> dict[str, str]:
     found = {}
     for name in names:
@@ -121,6 +163,7 @@ async def _states(client: Client, names: list[str]) -> dict[str, str]:
 
 async def test_fits_night_from_dhs_to_archive(settings: Settings, client: Client, world: dict) -> None:
     rows, root, s3, engine, fits = world["rows"], world["root"], world["s3"], world["engine"], world["fits"]
+    archive_engine = world["archive_engine"]
     dhs, dataflow, archive, mirror = (r.name for r in rows)
     samples = fs.night()
     names = [s.name for s in samples]
@@ -154,16 +197,25 @@ async def test_fits_night_from_dhs_to_archive(settings: Settings, client: Client
     await poll_until(all_completed, 60, "every file's workflow completed")
 
     data = {n: (root / "dhs" / n).read_bytes() for n in names}
-    with Session(engine) as session:
+    # The summit's rows are in the main database, the archive's in its own, none in the other.
+    science = {"N20251231S0003.fits", "N20251231S0007.fits"}  # S0004 (1x1 g) matches nothing
+    everything = {"diskfile": set(names), "header": set(names), "preview": set(names), "calibration": science}
+    assert _rows_at(archive_engine, archive) == everything
+    assert _rows_at(engine, archive) == dict.fromkeys(everything, set())
+    assert _rows_at(engine, dataflow) == {**dict.fromkeys(everything, set()), "diskfile": set(names),
+                                          "header": set(names)}  # fmt: skip
+    assert _rows_at(archive_engine, dataflow)["diskfile"] == set()
+    with Session(engine) as session, Session(archive_engine) as at_archive:
         for n in names:
             md5 = hashlib.md5(data[n]).hexdigest()
             assert (root / "dataflow" / n).read_bytes() == data[n]
             for bucket in (world["archive_bucket"], world["mirror_bucket"]):
                 head = s3.head_object(Bucket=bucket, Key=n)
                 assert (head["Metadata"]["md5"], head["ContentLength"]) == (md5, len(data[n]))
-            for loc in (dataflow, archive):
-                disk = fits_db.current(session, n, loc)
+            for db, loc in ((session, dataflow), (at_archive, archive)):
+                disk = fits_db.current(db, n, loc)
                 assert disk is not None and disk.md5 == md5 and disk.fits_ok
+    with Session(archive_engine) as session:
         header = fits_db.header_of(session, fits_db.current(session, "N20251231S0003.fits", archive))
         assert header is not None
         assert (header.instrument, header.observation_type, header.filter, header.binning) == (
@@ -173,6 +225,7 @@ async def test_fits_night_from_dhs_to_archive(settings: Settings, client: Client
             "BIAS": "N20251231S0001.fits", "FLAT": "N20251231S0002.fits"}  # fmt: skip
         assert fits_db.associations(session, "N20251231S0007.fits", archive) == {
             "DARK": "N20251231S0005.fits", "FLAT": "N20251231S0006.fits"}  # fmt: skip
+    with Session(engine) as session:
         seen = session.get(FitsSeen, (dhs, CORRUPT))
         assert seen is not None and seen.state == ff.INVALID and seen.problem
     png = s3.get_object(Bucket=world["archive_bucket"], Key=ff.preview_key(names[2]))["Body"].read()
@@ -210,8 +263,7 @@ async def test_fits_night_from_dhs_to_archive(settings: Settings, client: Client
     async def reingested() -> bool:
         if (await handle.describe()).status.name.lower() != "completed":  # type: ignore[union-attr]
             return False
-        with Session(engine) as session:
-            return len(session.exec(select(FitsDiskFile).where(FitsDiskFile.path == names[2])).all()) == 4
+        return _versions([engine, archive_engine], names[2]) == 4
 
     await poll_until(reingested, 30, "the requeued file re-ingested at dataflow and archive")
     new_md5 = hashlib.md5(target.read_bytes()).hexdigest()
@@ -239,9 +291,8 @@ async def test_fits_night_from_dhs_to_archive(settings: Settings, client: Client
     await scheduled.trigger()
 
     async def rechecked() -> bool:
-        with Session(engine) as session:
-            if len(session.exec(select(FitsDiskFile).where(FitsDiskFile.path == names[6])).all()) < 4:
-                return False
+        if _versions([engine, archive_engine], names[6]) < 4:
+            return False
         return (await _states(client, [names[6]]))[names[6]] == "completed"
 
     await poll_until(rechecked, 30, "the scheduled requeue re-ingesting the rewritten file")
