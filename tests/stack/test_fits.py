@@ -7,11 +7,11 @@ with its md5, its workflow ingests the headers, exports it to the archive (an S3
 md5 asked first, md5 and size checked after) and to a mirror bucket that does not exist
 at first (a destination down: backed off, visibly, while the archive goes on), ingests
 it at the archive, makes its preview and its calibration associations (rows the archive
-writes to its own database, a second SQLite file; the summit's ingest goes to the main
-one). The corrupt file is reported by name, never copied. Files written while the worker
-restarts are caught up with, a touched one is not copied again; a file rewritten on the
-dataflow disk is re-ingested by `requeue` and exported again; nothing is done twice (the
-side-effect ledger).
+writes to its own database, a PostgreSQL database of the stack's server; the summit's
+ingest goes to the main one). The corrupt file is reported by name, never copied. Files
+written while the worker restarts are caught up with, a touched one is not copied again;
+a file rewritten on the dataflow disk is re-ingested by `requeue` and exported again;
+nothing is done twice (the side-effect ledger).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import fits_samples as fs
+import psycopg
 import pytest
 from PIL import Image
 from sqlalchemy import Engine
@@ -39,6 +40,7 @@ from unembargo.adapters import fits_db
 from unembargo.adapters.fits_start import file_input, start_file
 from unembargo.adapters.s3 import connect as s3_connect
 from unembargo.client.fits import requeue, schedule_requeue, select_files, start_watch, status
+from unembargo.devstack import postgres
 from unembargo.models import fits_flow as ff
 from unembargo.models.fits import (
     FitsCalibration,
@@ -85,12 +87,16 @@ def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     tag = uuid.uuid4().hex[:6]
     root = tmp_path_factory.mktemp("fits")
     rows = _locations(settings, root, tag)
+    # The archive's own database: a PostgreSQL database of its own (foreign keys enforced).
+    admin, archive_db = postgres.url(settings), f"unembargo_fits_archive_{tag}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{archive_db}"')
     env = {
         "UNEMBARGO_FITS_DHS": rows[0].name,
         "UNEMBARGO_FITS_DATAFLOW": rows[1].name,
         "UNEMBARGO_FITS_DESTINATIONS": f'["{rows[2].name}", "{rows[3].name}"]',
         "UNEMBARGO_FITS_ARCHIVE": rows[2].name,
-        "UNEMBARGO_FITS_ARCHIVE_DATABASE_URL": f"sqlite:///{root / 'archive.db'}",
+        "UNEMBARGO_FITS_ARCHIVE_DATABASE_URL": admin.rsplit("/", 1)[0] + f"/{archive_db}",
         "UNEMBARGO_FITS_POLL_S": "1",
         "UNEMBARGO_FITS_MIN_AGE_S": "2",
         "UNEMBARGO_FITS_BACKOFF_INITIAL_S": "1",
@@ -109,8 +115,11 @@ def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield found
     finally:
         found["worker"].stop()
+        found["archive_engine"].dispose()
         for key in env:
             os.environ.pop(key, None)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{archive_db}" WITH (FORCE)')
 
 
 def _ledger(engine: object, names: set[str]) -> Counter[tuple[str, str, str]]:
