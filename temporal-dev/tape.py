@@ -23,7 +23,8 @@ from pathlib import Path
 
 from unembargo.adapters.tape import LocalTape
 from unembargo.devstack import procs
-from unembargo.models.rawintegrity import RawIntegritySettings
+from unembargo.models.locations import DataLocation, LocationType, StorageType
+from unembargo.models.rawintegrity import STEPS, RawIntegritySettings, Step
 from unembargo.models.settings import Settings
 
 NAME = "tape"
@@ -107,33 +108,45 @@ def health(settings: Settings) -> tuple[bool, str]:
     return True, f"migrating after {read_config(root_of(settings)).delay_s:g}s"
 
 
-def ensure_flow(settings: Settings) -> None:
-    """The rawintegrity flow's locations (online disk, tape) and tape RSE of the local stack.
+def flow_locations(settings: Settings) -> list[DataLocation]:
+    """The rawintegrity flow's locations of the local stack: its online disk (the online copy's
+    removal) and its tape (put, migration checks, a bad copy's removal). The stack's worker
+    serves them, with ``local-rucio`` for the registration."""
+    config = RawIntegritySettings()
 
-    ``unembargo worker --location raw-online --location raw-tape --location local-rucio`` then
-    serves the flow, and ``unembargo rawintegrity put --run FOLDER`` puts what is under
+    def ops(*steps: Step) -> str:
+        return ",".join(sorted({STEPS[s].location for s in steps}))
+
+    return [
+        DataLocation(name=config.online_location, site="local", type=LocationType.SOURCE,
+                     storage=StorageType.DISK, path=str(config.online(settings.state_dir).resolve()),
+                     operations=ops(Step.REMOVE_ONLINE)),
+        DataLocation(name=config.tape_location, site="local", type=LocationType.LONG_TERM_ARCHIVE,
+                     storage=StorageType.TAPE, path=str(root_of(settings)),
+                     operations=ops(Step.PUT, Step.TAPE, Step.REMOVE_TAPE)),
+    ]  # fmt: skip
+
+
+def ensure_flow(settings: Settings) -> None:
+    """The flow's folders, locations (``flow_locations``) and tape RSE (idempotent).
+
+    ``unembargo rawintegrity put --run FOLDER`` then puts what is under
     ``<state_dir>/rawintegrity/online/FOLDER``.
     """
     from rucio.common.exception import Duplicate
     from sqlmodel import Session
 
     from unembargo.adapters.rucio_client import connect as rucio_connect
-    from unembargo.models.locations import DataLocation, LocationType, StorageType, upsert_location
+    from unembargo.models.locations import upsert_location
     from unembargo.models.tables import connect
 
-    config = RawIntegritySettings()
-    online, tape = config.online(settings.state_dir).resolve(), root_of(settings)
-    online.mkdir(parents=True, exist_ok=True)
+    RawIntegritySettings().online(settings.state_dir).mkdir(parents=True, exist_ok=True)
+    root_of(settings).mkdir(parents=True, exist_ok=True)
     with Session(connect(settings.database_url.get_secret_value())) as session:
-        for loc in (
-            DataLocation(name=config.online_location, site="local", type=LocationType.SOURCE,
-                         storage=StorageType.DISK, path=str(online)),
-            DataLocation(name=config.tape_location, site="local", type=LocationType.LONG_TERM_ARCHIVE,
-                         storage=StorageType.TAPE, path=str(tape)),
-        ):  # fmt: skip
+        for loc in flow_locations(settings):
             upsert_location(session, loc)
     try:
-        rucio_connect(settings).add_rse(config.rse, deterministic=True, rse_type="TAPE")
+        rucio_connect(settings).add_rse(RawIntegritySettings().rse, deterministic=True, rse_type="TAPE")
     except Duplicate:
         pass
 

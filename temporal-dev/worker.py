@@ -1,4 +1,4 @@
-"""The local stack's worker: serves the workflow queue and both local locations."""
+"""The local stack's worker: serves the workflow queue and every local location."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from sqlmodel import Session
 
-from unembargo.devstack import procs
+from unembargo.devstack import procs, tape
 from unembargo.devstack.s3 import LOCAL_ENV
 from unembargo.models.locations import DataLocation, LocationType, Operation, StorageType, location_queues
 from unembargo.models.settings import Settings
@@ -17,7 +17,8 @@ NAME = "worker"
 
 
 def local_locations(settings: Settings) -> list[DataLocation]:
-    """The locations of the local stack: its archive disk (the unembargo destination) and Rucio."""
+    """The locations of the local stack: its archive disk (the unembargo destination), Rucio, and
+    the rawintegrity flow's online disk and tape (whose migration is the ``tape`` service)."""
     return [
         DataLocation(
             name="local-dest", site="local", type=LocationType.LONG_TERM_ARCHIVE, storage=StorageType.DISK,
@@ -27,6 +28,7 @@ def local_locations(settings: Settings) -> list[DataLocation]:
             name="local-rucio", site="local", type=LocationType.CATALOGUE, storage=StorageType.SERVICE,
             endpoint=settings.rucio_host,
         ),
+        *tape.flow_locations(settings),
     ]  # fmt: skip
 
 
@@ -36,10 +38,12 @@ def _queues(settings: Settings) -> list[str]:
 
 
 def ensure_locations(settings: Settings) -> None:
-    """Put the local locations in the database (idempotent)."""
+    """Put the local locations in the database (idempotent); the rawintegrity flow's with their
+    folders and tape RSE, since the worker starts before the tape service."""
     with Session(connect(settings.database_url.get_secret_value())) as session:
         for loc in local_locations(settings):
             upsert_location(session, loc)
+    tape.ensure_flow(settings)
 
 
 def address(settings: Settings) -> str:

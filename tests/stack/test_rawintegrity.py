@@ -2,19 +2,20 @@
 location go to the tape location, migrate (the stack's tape service, a second's delay), are
 registered in the real Rucio at a tape RSE in batches, and only then leave the online storage.
 A corrupted tape copy and a file that never migrates end waiting for an operator, online kept.
-The worker is SIGKILLed once, just before it removes an online copy, and replaced.
+The worker is SIGKILLed once, just before it removes an online copy, and replaced; a second run,
+on locations of its own, has workers SIGKILLed once at every crash point of the flow.
 
 What only the unit layer proves (tests/unit/test_rawintegrity_workflow.py, time-skipping server):
-a crash before and after each step's side effect, Rucio down, the online system refusing the
-removal, a replica lost between registration and removal, duplicate requests, an operator's
-retry and give_up, a kill at every other point. Here the real removal activity's own refusal is
-proven once.
+Rucio down, the online system refusing the removal, a replica lost between registration and
+removal, duplicate requests, an operator's retry and give_up, a failure around the steps that
+have no crash point. Here the real removal activity's own refusal is proven once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -26,8 +27,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
-from temporalio.client import Client
+from sqlmodel import Session, select
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import ActivityEnvironment
 
 from support import WorkerProcess, effects, poll_until
@@ -40,7 +41,7 @@ from unembargo.devstack import tape as migrator
 from unembargo.models import rawintegrity as r
 from unembargo.models.locations import DataLocation, LocationType, StorageType, get_location, upsert_location
 from unembargo.models.settings import Settings
-from unembargo.models.tables import connect
+from unembargo.models.tables import Effect, connect
 from unembargo.workflows.rawintegrity import RawFileWorkflow
 
 FILES = 100
@@ -73,13 +74,11 @@ class Raw:
         self.worker = WorkerProcess(self.settings, self.locations, env=self.env)
 
 
-@pytest.fixture(scope="module")
-def raw(module_settings: Settings, rucio: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Raw]:
-    """Locations (online disk, tape, catalogue) of the module's own, a tape RSE, the tape service
-    migrating after 1 s (never-migrating and corrupting patterns), and a worker serving them."""
-    settings = module_settings
-    tag = uuid.uuid4().hex[:6]
-    root = tmp_path_factory.mktemp("rawintegrity")
+def flow_locations(
+    settings: Settings, rucio: object, root: Path, tag: str
+) -> tuple[r.RawIntegritySettings, subprocess.Popen[bytes]]:
+    """Locations (online disk, tape, catalogue) of their own under ``root``, a tape RSE, and the
+    tape service migrating after 1 s (never-migrating and corrupting patterns)."""
     online, tape = root / "online", root / "tape"
     online.mkdir()
     tape.mkdir()
@@ -104,15 +103,29 @@ def raw(module_settings: Settings, rucio: object, tmp_path_factory: pytest.TempP
         [sys.executable, "-m", "unembargo.devstack.tape", str(tape)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
+    return config, service
+
+
+def served(config: r.RawIntegritySettings) -> list[str]:
+    return [config.online_location, config.tape_location, config.catalogue_location or ""]
+
+
+@pytest.fixture(scope="module")
+def raw(module_settings: Settings, rucio: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Raw]:
+    """The flow's locations of the module's own and a worker serving them."""
+    settings = module_settings
+    tag = uuid.uuid4().hex[:6]
+    root = tmp_path_factory.mktemp("rawintegrity")
+    config, service = flow_locations(settings, rucio, root, tag)
     env = {f"UNEMBARGO_RAWINTEGRITY_{k.upper()}": str(v) for k, v in config.model_dump().items() if v}
     os.environ.update(env)
-    locations = [config.online_location, config.tape_location, config.catalogue_location or ""]
+    locations = served(config)
     # The first worker is SIGKILLed once, just before it would remove an online copy (after its
     # checks); the test starts another, which must finish that file without removing twice.
     markers = root / "crash-markers"
     markers.mkdir()
     crash = {"UNEMBARGO_CRASH_AT": "remove_online:acting", "UNEMBARGO_CRASH_MARKERS": str(markers)}
-    raw = Raw(settings, config, online, tape, f"LHCb/2026/RAW/run{tag}",
+    raw = Raw(settings, config, root / "online", root / "tape", f"LHCb/2026/RAW/run{tag}",
               WorkerProcess(settings, locations, env={**env, **crash}), locations, env, markers)  # fmt: skip
     try:
         yield raw
@@ -266,3 +279,99 @@ def test_the_dev_stack_tape_service(
     finally:
         assert migrator.stop(settings)
     assert not migrator.health(settings)[0]
+
+
+# Every crash point of the flow's side-effecting activities: before acting and after acting.
+CRASH_POINTS = [
+    f"{activity}:{point}"
+    for activity in ("put_to_tape", "register_tape_replicas", "remove_online")
+    for point in ("acting", "acted")
+]
+# Armed workers at once: the survivor of a kill takes over while the killed one is replaced.
+ARMED = 2
+
+
+async def test_a_worker_killed_at_every_crash_point_removes_nothing_unverified(
+    module_settings: Settings, rucio: object, tmp_path: Path
+) -> None:
+    """Workers SIGKILL themselves once at each crash point (put, registration, removal; before and
+    after acting), a survivor takes over after the 5 s heartbeat timeout: every file ends Done,
+    registered once with its adler32, on tape, gone online; each side effect is done once, and
+    no online copy was removed before its registration."""
+    settings = module_settings
+    tag = uuid.uuid4().hex[:6]
+    config, service = flow_locations(settings, rucio, tmp_path, tag)
+    run = f"LHCb/2026/RAW/crash{tag}"
+    written = {}
+    for i in range(4):
+        data = os.urandom(SIZE + i)
+        lfn = f"{run}/run_{i:04d}.raw"
+        (tmp_path / "online" / lfn).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "online" / lfn).write_bytes(data)
+        written[lfn] = (len(data), f"{zlib.adler32(data):08x}")
+    markers = tmp_path / "crash-markers"
+    markers.mkdir()
+    env = {"UNEMBARGO_CRASH_AT": ",".join(CRASH_POINTS), "UNEMBARGO_CRASH_MARKERS": str(markers)}
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    workers = [WorkerProcess(settings, served(config), env) for _ in range(ARMED)]
+    kills = 0
+    try:
+        with Session(connect(settings.database_url.get_secret_value())) as session:
+            where = ri.route(session, config)
+        assert await ri.put(client, settings, where, sorted(written), POLICY) == Counter(started=len(written))
+        handles = [
+            client.get_workflow_handle(r.file_workflow_id(lfn), result_type=r.RawFileState) for lfn in written
+        ]
+
+        async def closed() -> bool:
+            return all([(await h.describe()).status != WorkflowExecutionStatus.RUNNING for h in handles])
+
+        async def killed_or_closed() -> bool:
+            return any(not w.alive() for w in workers) or await closed()
+
+        while not await closed():
+            for dead in [w for w in workers if not w.alive()]:
+                workers.remove(dead)
+                assert dead.proc.returncode == -signal.SIGKILL, dead.output()[-3000:]
+                kills += 1
+            assert kills <= len(CRASH_POINTS)
+            workers += [WorkerProcess(settings, served(config), env) for _ in range(ARMED - len(workers))]
+            await poll_until(killed_or_closed, 120, "a kill or the end of the file workflows")
+    finally:
+        for worker in workers:
+            worker.stop()
+        service.terminate()
+        service.wait(10)
+    kills += sum(1 for w in workers if w.proc.returncode == -signal.SIGKILL)
+
+    assert sorted(p.name for p in markers.iterdir()) == sorted(p.replace(":", "-") for p in CRASH_POINTS)
+    assert kills == len(CRASH_POINTS)
+    for handle in handles:
+        got = await handle.result()
+        assert got.state == r.State.DONE, got
+    replicas = {
+        e["name"]: e
+        for e in rucio.list_replicas(  # type: ignore[attr-defined]
+            [{"scope": settings.rucio_scope, "name": n} for n in written], all_states=True
+        )
+    }
+    tape = LocalTape(tmp_path / "tape")
+    for lfn, (size, adler) in written.items():
+        entry = replicas[lfn]
+        assert (entry["bytes"], entry["adler32"]) == (size, adler), lfn
+        assert entry["states"] == {config.rse: "AVAILABLE"}, lfn
+        copy = tape.tape_checksum(lfn)
+        assert copy is not None and (copy.size, copy.adler32) == (size, adler), lfn
+        assert not (tmp_path / "online" / lfn).exists(), lfn
+    # The ledger, in the order the side effects were begun: each file copied, then registered
+    # once, then removed once. (A kill that lands while another thread copies a file makes that
+    # copy run again: the same bytes to the same cache path, so the state above is the proof.)
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        rows = session.exec(select(Effect).where(Effect.obs_id.in_(list(written))).order_by(Effect.id)).all()
+    for lfn in written:
+        order = [(row.step, row.action) for row in rows if row.obs_id == lfn]
+        copies = order.count(("put", "copy"))
+        assert copies >= 1 and order[copies:] == [("register", "add_replica"), ("remove_online", "remove")], (
+            lfn,
+            order,
+        )
