@@ -3,6 +3,8 @@
 ``stage`` is a signal-with-start: the first request for a dataset starts its workflow
 (``carousel-<scope>-<name>``); a second one for the same dataset joins the running workflow
 (its ``requests`` counter grows) instead of making a second rule or a second message per file.
+A request from a throttled tape (``UNEMBARGO_CAROUSEL_THROTTLES``) first makes sure the tape's
+throttle workflow runs, by a signal-with-start that also hands it the current limits.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from unembargo.models.carousel import (
     Status,
     Step,
     request_workflow_id,
+)
+from unembargo.models.carousel_throttle import (
+    LIMITS_SIGNAL,
+    THROTTLE_WORKFLOW,
+    ThrottleInput,
+    ThrottleLimits,
+    ThrottleState,
+    throttle_workflow_id,
 )
 from unembargo.models.locations import Operation, get_location, operation_queues
 from unembargo.models.names import SA_CAROUSEL_STATUS, SA_STEP
@@ -62,11 +72,16 @@ async def stage(
     queues: dict[str, str],
     request: CarouselRequest,
     policy: CarouselPolicy | None = None,
+    config: CarouselSettings | None = None,
 ) -> WorkflowHandle[object, CarouselState]:
     """Start the dataset's workflow, or join the running one; its handle."""
+    limits = (config or CarouselSettings()).throttles.get(request.src_rse)
+    throttle = None
+    if limits is not None and request.rule_id is None:
+        throttle = (await start_throttle(client, settings.workflow_task_queue, request.src_rse, limits)).id
     return await client.start_workflow(
         CAROUSEL_WORKFLOW,
-        CarouselInput(request, queues, policy or CarouselPolicy()),
+        CarouselInput(request, queues, policy or CarouselPolicy(), throttle=throttle),
         id=request_workflow_id(request.scope, request.name),
         task_queue=settings.workflow_task_queue,
         result_type=CarouselState,
@@ -76,6 +91,29 @@ async def stage(
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         search_attributes=STARTING,
     )
+
+
+async def start_throttle(
+    client: Client, task_queue: str, rse: str, limits: ThrottleLimits, rounds: int | None = None
+) -> WorkflowHandle[object, None]:
+    """The tape's throttle, started if it is not running, with these limits."""
+    inp = ThrottleInput(rse, limits) if rounds is None else ThrottleInput(rse, limits, rounds)
+    return await client.start_workflow(
+        THROTTLE_WORKFLOW,
+        inp,
+        id=throttle_workflow_id(rse),
+        task_queue=task_queue,
+        start_signal=LIMITS_SIGNAL,
+        start_signal_args=[limits],
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+    )
+
+
+async def throttle_state(client: Client, rse: str) -> ThrottleState:
+    """A tape's asks, grants and the most files it had staging at once."""
+    handle = client.get_workflow_handle(throttle_workflow_id(rse))
+    return await handle.query("state", result_type=ThrottleState)
 
 
 async def state(client: Client, scope: str, name: str) -> CarouselState:

@@ -27,6 +27,7 @@ from types import MappingProxyType
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.common import RetryPolicy
 
+from unembargo.models.carousel_throttle import ThrottleLimits
 from unembargo.models.errors import NON_RETRYABLE
 from unembargo.models.flow import StepSpec, step_of_activity
 from unembargo.models.names import InvalidName
@@ -139,6 +140,9 @@ class CarouselInput:
     policy: CarouselPolicy = field(default_factory=CarouselPolicy)
     # What a run hands its next one (continue-as-new).
     carry: CarouselState | None = None
+    # The source tape's throttle workflow (``carousel-throttle-<rse>``): files are ruled only
+    # as it grants them; None: one dataset rule stages every file at once.
+    throttle: str | None = None
 
 
 @dataclass(frozen=True)
@@ -272,6 +276,12 @@ class CarouselState:
     waiting_since: dict[str, str] = field(default_factory=dict)
     given_up: list[str] = field(default_factory=list)
     rerules: int = 0
+    # Throttled requests: files ruled as granted (in that order), the grant total received,
+    # and the totals last told to the throttle (wanted, done).
+    throttle: str | None = None
+    granted: list[str] = field(default_factory=list)
+    grant_total: int = 0
+    asked: tuple[int, int] = (0, 0)
 
 
 CAROUSEL_RETRY = RetryPolicy(
@@ -318,3 +328,6 @@ class CarouselSettings(BaseSettings):
     # STOMP's host header: RabbitMQ's virtual host ("/"); None sends the machine's name (coilmq).
     broker_vhost: str | None = None
     broker_timeout_s: float = 10.0
+    # Tapes throttled (source RSE -> limits, JSON in the environment, e.g.
+    # ``{"TAPE": {"staging": 200, "queued": 2000}}``); a tape not listed is not throttled.
+    throttles: dict[str, ThrottleLimits] = {}

@@ -41,6 +41,7 @@ from unembargo.workers.observe import ActivityObserver
 from unembargo.workflows.arrival import ArrivalWorkflow
 from unembargo.workflows.arrival_sweep import ArrivalSweepWorkflow
 from unembargo.workflows.carousel import CarouselWorkflow
+from unembargo.workflows.carousel_throttle import CarouselThrottleWorkflow
 from unembargo.workflows.ccat import CCAT_WORKFLOWS
 from unembargo.workflows.exposure import ExposureWorkflow
 from unembargo.workflows.fits import FITS_WORKFLOWS
@@ -116,7 +117,7 @@ def build_workers(
                 workflows=[ExposureWorkflow, SelectAndStartWorkflow, ArrivalWorkflow, ArrivalSweepWorkflow]
                 + CCAT_WORKFLOWS
                 + FITS_WORKFLOWS
-                + [RawFileWorkflow, RegisterBatchWorkflow, CarouselWorkflow],
+                + [RawFileWorkflow, RegisterBatchWorkflow, CarouselWorkflow, CarouselThrottleWorkflow],
                 # A killed worker's workflows move to a live one after 2 s, not 10 s.
                 sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
             )

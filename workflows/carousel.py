@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         Stuck,
         message_id,
     )
+    from unembargo.models.carousel_throttle import ASK_SIGNAL, GRANT_SIGNAL, ThrottleAsk, ThrottleGrant
     from unembargo.models.names import (
         SA_CAROUSEL_PROCESSED,
         SA_CAROUSEL_STATUS,
@@ -75,8 +76,14 @@ class CarouselWorkflow:
             name=r.name,
             src_rse=r.src_rse,
             dest_rse=r.dest_rse,
+            throttle=inp.throttle if r.rule_id is None else None,
         )
         self._decision: Decision | None = None
+
+    @workflow.signal(name=GRANT_SIGNAL)
+    def grant(self, grant: ThrottleGrant) -> None:
+        """The tape's throttle: files this request may have staging in all."""
+        self._s.grant_total = max(self._s.grant_total, grant.granted)
 
     @workflow.signal(name=REQUEST_SIGNAL)
     def request(self, request: CarouselRequest) -> None:
@@ -96,12 +103,13 @@ class CarouselWorkflow:
     @workflow.run
     async def run(self, inp: CarouselInput) -> CarouselState:
         s, r, policy = self._s, inp.request, inp.policy
-        if not s.rule_ids:
+        if not s.sources:
             s.sources = [r.src_rse]
-            got: RuleReceipt = await self._act(
-                inp, Step.RULE, RuleInput(r.scope, r.name, s.dest_rse, r.src_rse, r.rule_id, r.lifetime_s)
-            )
-            s.rule_ids, s.adopted = [got.rule_id], got.adopted
+            if s.throttle is None:
+                got: RuleReceipt = await self._act(
+                    inp, Step.RULE, RuleInput(r.scope, r.name, s.dest_rse, r.src_rse, r.rule_id, r.lifetime_s)
+                )
+                s.rule_ids, s.adopted = [got.rule_id], got.adopted
         interval = policy.poll_first_s
         while True:
             self._update(Step.LOCKS)
@@ -110,7 +118,7 @@ class CarouselWorkflow:
             )
             s.checks += 1
             if locks.gone:
-                await self._recreate(inp, locks.gone)
+                await self._recreate(inp, locks)
                 continue
             newly = self._take(locks)
             for lock in newly:
@@ -120,9 +128,12 @@ class CarouselWorkflow:
                 await self._unstick(inp, stuck, reason)
                 interval = policy.poll_first_s
                 continue
+            await self._pace(inp, locks.files)
             if not locks.open and s.in_processed_files == s.in_total_files:
                 break
             self._update(WAITING_LOCKS)
+            # A grant from the throttle is taken up at the next check (waking early would cancel
+            # the timer, which the time-skipping test server mishandles).
             await workflow.sleep(timedelta(seconds=interval))
             interval = (
                 policy.poll_first_s if newly else min(interval * policy.poll_backoff, policy.poll_max_s)
@@ -142,8 +153,10 @@ class CarouselWorkflow:
         s.out_total_files = s.in_total_files - len(s.given_up)
         now = workflow.now().isoformat()
         done = set(s.announced) | set(s.given_up)
+        granted = set(s.granted)
         for name in locks.files:
-            if name not in done:
+            # A throttled file waits on its source from its grant (its rule) on.
+            if name not in done and (s.throttle is None or name in granted):
                 s.waiting_since.setdefault(name, now)
         newly = [
             lock
@@ -152,6 +165,33 @@ class CarouselWorkflow:
         ]
         # Rucio does not say when a lock became OK: files seen at one check go in name order.
         return sorted(newly, key=lambda lock: lock.name)
+
+    async def _pace(self, inp: CarouselInput, files: list[str]) -> None:
+        """Throttled: rule the files granted since the last check, then tell the throttle the
+        totals (files wanted, granted files done) when they changed."""
+        s, r = self._s, inp.request
+        if s.throttle is None:
+            return
+        done = set(s.announced) | set(s.given_up)
+        granted = set(s.granted)
+        pending = [n for n in files if n not in granted and n not in done]
+        take = pending[: max(0, s.grant_total - len(s.granted))]
+        if take:
+            self._update(Step.RERULE)
+            got: ReruleReceipt = await self._act(
+                inp, Step.RERULE, ReruleInput(r.scope, take, s.dest_rse, [], r.lifetime_s, r.src_rse)
+            )
+            s.rule_ids.extend(i for i in got.rule_ids if i not in s.rule_ids)
+            s.granted.extend(take)
+            now = workflow.now().isoformat()
+            for name in take:
+                s.waiting_since[name] = now
+        asked = (len(s.granted) + len(pending) - len(take), sum(1 for n in s.granted if n in done))
+        if asked != s.asked:
+            await workflow.get_external_workflow_handle(s.throttle).signal(
+                ASK_SIGNAL, ThrottleAsk(s.request_id, r.priority, *asked)
+            )
+            s.asked = asked
 
     async def _announce(self, inp: CarouselInput, lock: FileLock) -> None:
         """One ``file_stagein`` message for a file now available (never a second one)."""
@@ -242,6 +282,17 @@ class CarouselWorkflow:
         if decision.action == CHANGE and decision.dest_rse and decision.dest_rse != s.dest_rse:
             s.dest_rse = decision.dest_rse
             source = decision.src_rse or s.src_rse
+            if s.throttle is not None:
+                # The granted files not done get rules to the new destination; the rest follow
+                # as granted.
+                done = set(s.announced) | set(s.given_up)
+                left = [n for n in s.granted if n not in done]
+                rr_dest: ReruleReceipt = await self._act(
+                    inp, Step.RERULE, ReruleInput(r.scope, left, s.dest_rse, [], r.lifetime_s, source)
+                )
+                s.rule_ids, s.sources = list(rr_dest.rule_ids), [source]
+                self._rerouted_all()
+                return
             got: RuleReceipt = await self._act(
                 inp, Step.RULE, RuleInput(r.scope, r.name, s.dest_rse, source, None, r.lifetime_s)
             )
@@ -264,11 +315,22 @@ class CarouselWorkflow:
         for name in self._s.waiting_since:
             self._s.waiting_since[name] = now
 
-    async def _recreate(self, inp: CarouselInput, gone: list[str]) -> None:
+    async def _recreate(self, inp: CarouselInput, locks: LocksReceipt) -> None:
         """A rule that disappeared: the dataset's is created again; a stuck files' rule is dropped
-        (its files wait again, from the dataset's rule, until they are re-ruled)."""
-        s, r = self._s, inp.request
+        (its files wait again, from the dataset's rule, until they are re-ruled). Throttled (no
+        dataset rule): granted files left without a lock are ruled again from the tape."""
+        s, r, gone = self._s, inp.request, locks.gone
         workflow.logger.warning("%s: rules gone: %s", s.request_id, ", ".join(gone))
+        if s.throttle is not None:
+            s.rule_ids = [i for i in s.rule_ids if i not in gone]
+            done = set(s.announced) | set(s.given_up)
+            lost = [n for n in s.granted if n not in done and n not in locks.locks]
+            if lost:
+                rr: ReruleReceipt = await self._act(
+                    inp, Step.RERULE, ReruleInput(r.scope, lost, s.dest_rse, [], r.lifetime_s, r.src_rse)
+                )
+                s.rule_ids.extend(i for i in rr.rule_ids if i not in s.rule_ids)
+            return
         dataset_rule = s.rule_ids[0]
         s.rule_ids = [i for i in s.rule_ids if i not in gone]
         if dataset_rule in gone:
