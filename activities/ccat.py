@@ -21,6 +21,7 @@ from temporalio import activity
 
 from unembargo.activities.context import Resources, checkpoint, heartbeating
 from unembargo.adapters import ccat_tar
+from unembargo.adapters.ccat_filing import scan_source
 from unembargo.adapters.ccat_rsync import rsync
 from unembargo.adapters.ccat_store import DiskStore, Store, copy, store_for
 from unembargo.models.ccat import (
@@ -32,6 +33,7 @@ from unembargo.models.ccat import (
     STAGE_STEPS,
     STAGED_DIR,
     TRANSFER_STEPS,
+    WATCH_STEPS,
     ArchiveInput,
     ArchiveReceipt,
     ArchiveSite,
@@ -53,6 +55,8 @@ from unembargo.models.ccat import (
     RouteArchiveReceipt,
     RouteBufferInput,
     RouteBufferReceipt,
+    ScanSourceInput,
+    ScanSourceReceipt,
     StageReceipt,
     StageStep,
     StageStepInput,
@@ -61,6 +65,7 @@ from unembargo.models.ccat import (
     TransferStepInput,
     UnpackInput,
     UnpackReceipt,
+    WatchStep,
     package_relpath,
     transfer_name,
     transfer_relpath,
@@ -88,6 +93,9 @@ from unembargo.models.locations import (
     get_location,
 )
 from unembargo.models.tables import Effect
+
+# At most this many invalid folder names in a scan's receipt (its history stays small).
+_NAMED = 20
 
 # Locations this flow may delete from: never a long-term archive.
 DELETABLE_AT = (LocationType.SOURCE, LocationType.BUFFER, LocationType.PROCESSING)
@@ -546,6 +554,16 @@ class CcatActivities:
             session.rollback()
             raise DeletionRefused(f"{inp.kind} {inp.unit} at {inp.location} kept: {why}")
 
+    # ------------------------------------------------------------------ the directory watch
+
+    @activity.defn(name=WATCH_STEPS[WatchStep.SCAN].activity)
+    def ccat_scan_source(self, inp: ScanSourceInput) -> ScanSourceReceipt:
+        """One scan of a SOURCE's folder: file each complete observation folder not filed yet
+        (done when its files are filed: a second scan files nothing)."""
+        with self._session() as session, heartbeating():
+            got = scan_source(session, inp.source, inp.min_age_s, inp.sizes)
+        return ScanSourceReceipt(got.filed, got.ready, got.waiting, got.sizes, got.invalid[:_NAMED])
+
     @activity.defn(name=STAGE_STEPS[StageStep.STAGE].activity)
     def ccat_stage(self, inp: StageStepInput) -> StageReceipt:
         """Copy a package from its best verified archive copy to a processing location and unpack
@@ -629,7 +647,7 @@ def _set_transfer_state(session: Session, name: str, state: TransferState) -> No
 def ccat_activities(impl: CcatActivities) -> dict[str, list[Any]]:
     """Operation -> the flow's activities a queue of that operation runs (from the step tables)."""
     found: dict[str, list[Any]] = {}
-    for specs in (PACKAGE_STEPS, TRANSFER_STEPS, DELETION_STEPS, STAGE_STEPS):
+    for specs in (PACKAGE_STEPS, TRANSFER_STEPS, DELETION_STEPS, STAGE_STEPS, WATCH_STEPS):
         for spec in specs.values():
             found.setdefault(spec.location, []).append(getattr(impl, spec.activity))
     return found

@@ -75,6 +75,37 @@ def file_(
         _start_package(ctx, observation, at)
 
 
+@app.command()
+def watch(
+    ctx: typer.Context,
+    at: At,
+    poll_s: Annotated[float, typer.Option(help="Seconds between scans of the folder.")] = 30.0,
+    min_age_s: Annotated[
+        float,
+        typer.Option(help="A file is complete once this old and its size unchanged since the last scan."),
+    ] = 30.0,
+) -> None:
+    """Watch a SOURCE's folder: file each complete observation folder (one folder per
+    observation) once, then package it. A workflow: it outlives this command, catches up
+    after outages; a no-op when it runs already."""
+    from unembargo.client.ccat import start_watch
+    from unembargo.engine.connection import connect as temporal_connect
+
+    settings: Settings = ctx.obj
+
+    async def main() -> tuple[str, str]:
+        client = await temporal_connect(settings)
+        with Session(_engine(ctx)) as session:
+            policy = CcatPolicy(heartbeat_s=settings.heartbeat_timeout.total_seconds())
+            return await start_watch(
+                client, session, settings.workflow_task_queue, at, policy, poll_s, min_age_s
+            )
+
+    with _named_errors():
+        wid, outcome = asyncio.run(main())
+    console.print(f"{wid}: {outcome}, scanning {at} every {poll_s:g}s")
+
+
 @app.command("package")
 def package_(
     ctx: typer.Context, observation: Annotated[str, typer.Argument(help="Observation id.")], at: At

@@ -16,8 +16,9 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from unembargo.adapters.ccat_tar import sha256_file
-from unembargo.models import names
+# Filing is the adapter's: `ccat file` and the directory watch's scan file the same way.
+from unembargo.adapters.ccat_filing import FilingResult as FilingResult
+from unembargo.adapters.ccat_filing import file_observation as file_observation
 from unembargo.models.ccat import (
     DELETION,
     DELETION_WORKFLOW,
@@ -25,13 +26,16 @@ from unembargo.models.ccat import (
     PACKAGE_WORKFLOW,
     STAGE_WORKFLOW,
     STAGING,
+    WATCH_WORKFLOW,
     CcatPolicy,
     DeletionInput,
     PackageInput,
     StageInput,
+    WatchInput,
     deletion_workflow_id,
     package_workflow_id,
     stage_workflow_id,
+    watch_workflow_id,
 )
 from unembargo.models.ccat_tables import (
     DataTransferPackage,
@@ -40,70 +44,8 @@ from unembargo.models.ccat_tables import (
     RawDataPackage,
     place,
 )
-from unembargo.models.errors import DeletionRefused, SourceMismatch, UnsafeKey
+from unembargo.models.errors import DeletionRefused, UnsafeKey
 from unembargo.models.locations import DataLocation, LocationType, get_location
-
-
-@dataclass(frozen=True)
-class FilingResult:
-    observation: str
-    filed: int
-    already: int
-
-
-def file_observation(
-    session: Session, source: str, observation: str, paths: list[Path], instrument_module: str = ""
-) -> FilingResult:
-    """Register raw files already at a SOURCE (size and sha256 read now); filing the same
-    file again is a no-op, a changed one SourceMismatch (it was filed with other bytes)."""
-    names.check_name("observation", observation)
-    loc = get_location(session, source)
-    if loc.type != LocationType.SOURCE or not loc.path:
-        raise UnsafeKey(f"{source} is a {loc.type} location; raw files are filed at a SOURCE disk")
-    root = Path(loc.path).resolve()
-    filed = already = 0
-    for path in paths:
-        full = path.resolve()
-        if not full.is_relative_to(root) or not full.is_file():
-            raise UnsafeKey(f"{path} is not a file under {source}'s path {root}")
-        relpath = str(full.relative_to(root))
-        size, checksum = full.stat().st_size, sha256_file(full)
-        fid = f"{observation}/{full.name}"
-        row = session.get(RawDataFile, fid)
-        if row is not None:
-            if (row.size, row.checksum) != (size, checksum):
-                raise SourceMismatch(
-                    f"{fid} was filed with {row.size} bytes, sha256 {row.checksum[:12]}...; the file now has "
-                    f"{size} bytes, sha256 {checksum[:12]}...: give the new one another name"
-                )
-            already += 1
-            continue
-        session.add(
-            RawDataFile(
-                id=fid,
-                name=full.name,
-                observation=observation,
-                instrument_module=instrument_module,
-                size=size,
-                checksum=checksum,
-                source=source,
-                relpath=relpath,
-            )
-        )
-        session.add(
-            PhysicalCopy(
-                kind=FILE,
-                unit=fid,
-                location=source,
-                relpath=relpath,
-                size=size,
-                checksum=checksum,
-                verified=True,
-            )
-        )
-        filed += 1
-    session.commit()
-    return FilingResult(observation, filed, already)
 
 
 async def start_package(
@@ -112,6 +54,23 @@ async def start_package(
     """Start the package workflow of an observation filed at ``source``; (id, outcome)."""
     inp = PackageInput(package, place(session, get_location(session, source)), policy)
     return await _start(client, PACKAGE_WORKFLOW, inp, package_workflow_id(package), task_queue)
+
+
+async def start_watch(
+    client: Client,
+    session: Session,
+    task_queue: str,
+    source: str,
+    policy: CcatPolicy,
+    poll_s: float = 30.0,
+    min_age_s: float = 30.0,
+) -> tuple[str, str]:
+    """Start the directory watch of a SOURCE (one per location, ever running); (id, outcome)."""
+    loc = get_location(session, source)
+    if loc.type != LocationType.SOURCE or not loc.path:
+        raise UnsafeKey(f"{source} is a {loc.type} location; a watch scans a SOURCE disk")
+    inp = WatchInput(place(session, loc), policy, poll_s, min_age_s)
+    return await _start(client, WATCH_WORKFLOW, inp, watch_workflow_id(source), task_queue)
 
 
 async def start_stage(

@@ -34,6 +34,9 @@ PACKAGE_WORKFLOW = "CcatPackage"
 TRANSFER_WORKFLOW = "CcatTransfer"
 DELETION_WORKFLOW = "CcatDeletion"
 STAGE_WORKFLOW = "CcatStage"
+WATCH_WORKFLOW = "CcatWatch"
+# Query of a watch workflow: its last scan's receipt.
+LAST_SCAN_QUERY = "last_scan"
 # Signal to a transfer workflow: its bundle reached the size limit, close it now.
 FULL_SIGNAL = "full"
 
@@ -46,6 +49,7 @@ UNPACKING = "unpacking"
 ARCHIVE_TRANSFER = "archive_transfer"
 STAGING = "staging"
 DELETION = "deletion"
+MONITORING = "monitoring"
 
 # Kinds of unit a PhysicalCopy (and a deletion) is about: a raw file, a package tar,
 # a transfer package tar; a deletion of FILE_SET removes a package's raw files at a SOURCE.
@@ -75,6 +79,11 @@ def deletion_workflow_id(kind: str, unit: str, location: str) -> str:
 
 def stage_workflow_id(package: str, location: str) -> str:
     return f"ccat-stage-{names.check_name('package', package)}-{names.check_name('location', location)}"
+
+
+def watch_workflow_id(source: str) -> str:
+    """One directory watch per SOURCE location."""
+    return f"ccat-watch-{names.check_name('location', source)}"
 
 
 def package_relpath(package: str) -> str:
@@ -330,6 +339,43 @@ class StageReceipt:
     already: bool = False
 
 
+@dataclass(frozen=True)
+class WatchInput:
+    """The directory watch of a SOURCE: scan its folder every ``poll_s``, file each complete
+    observation folder, start its package workflow."""
+
+    source: Place
+    policy: CcatPolicy = field(default_factory=CcatPolicy)
+    poll_s: float = 30.0
+    # A file is complete when older than this and its size unchanged since the scan before.
+    min_age_s: float = 30.0
+    # Continue as new after this many scans (bounded history).
+    scans_per_run: int = 500
+    # Sizes the last scan of the previous run saw (carried over by continue-as-new).
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScanSourceInput:
+    source: str
+    min_age_s: float
+    # The previous scan's sizes of the files of folders not filed then (relpath -> bytes).
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScanSourceReceipt:
+    # Observations this scan filed.
+    filed: list[str] = field(default_factory=list)
+    # Observations filed (now or before) and not packaged yet: their package workflows start.
+    ready: list[str] = field(default_factory=list)
+    # Observation folders not complete yet, and the sizes of their files for the next scan.
+    waiting: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+    # Folders whose name is no valid observation id (never filed), the first few.
+    invalid: list[str] = field(default_factory=list)
+
+
 # ---------------------------------------------------------------------------- steps
 
 
@@ -354,6 +400,10 @@ class DeletionStep(StrEnum):
 
 class StageStep(StrEnum):
     STAGE = "stage"
+
+
+class WatchStep(StrEnum):
+    SCAN = "scan"
 
 
 # Values of the `step` search attribute besides the steps.
@@ -444,12 +494,27 @@ STAGE_STEPS: Mapping[StageStep, StepSpec] = MappingProxyType(
     }
 )
 
+WATCH_STEPS: Mapping[WatchStep, StepSpec] = MappingProxyType(
+    {
+        # Lists a folder, reads the sha256 of the files of the folders it files: minutes.
+        WatchStep.SCAN: StepSpec(
+            "ccat_scan_source",
+            ScanSourceInput,
+            ScanSourceReceipt,
+            MONITORING,
+            timedelta(minutes=30),
+            CCAT_RETRY,
+        ),
+    }
+)
+
 # Every step of the flow, by activity name (status names a pending activity's step).
 _ACTIVITIES: list[tuple[str, StrEnum]] = [
     *step_of_activity(PACKAGE_STEPS).items(),
     *step_of_activity(TRANSFER_STEPS).items(),
     *step_of_activity(DELETION_STEPS).items(),
     *step_of_activity(STAGE_STEPS).items(),
+    *step_of_activity(WATCH_STEPS).items(),
 ]
 STEP_OF_ACTIVITY: dict[str, StrEnum] = dict(_ACTIVITIES)
 

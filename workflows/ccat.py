@@ -12,6 +12,7 @@ deletes, so no path through these workflows can remove the last verified copy.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +32,8 @@ with workflow.unsafe.imports_passed_through():
         DONE,
         FILE_SET,
         FULL_SIGNAL,
+        LAST_SCAN_QUERY,
+        MONITORING,
         PACKAGE,
         PACKAGE_CREATION,
         PACKAGE_STEPS,
@@ -44,6 +47,8 @@ with workflow.unsafe.imports_passed_through():
         TRANSFER_WORKFLOW,
         UNPACKING,
         WAITING,
+        WATCH_STEPS,
+        WATCH_WORKFLOW,
         ArchiveInput,
         BundleInput,
         BundleReceipt,
@@ -63,6 +68,8 @@ with workflow.unsafe.imports_passed_through():
         RouteArchiveReceipt,
         RouteBufferInput,
         RouteBufferReceipt,
+        ScanSourceInput,
+        ScanSourceReceipt,
         StageInput,
         StageReceipt,
         StageStep,
@@ -72,7 +79,10 @@ with workflow.unsafe.imports_passed_through():
         TransferStep,
         TransferStepInput,
         UnpackInput,
+        WatchInput,
+        WatchStep,
         deletion_workflow_id,
+        package_workflow_id,
         transfer_workflow_id,
     )
     from unembargo.models.flow import StepSpec
@@ -308,10 +318,65 @@ class CcatStageWorkflow:
         return done
 
 
+@workflow.defn(name=WATCH_WORKFLOW)
+class CcatWatchWorkflow:
+    """The directory watch of a SOURCE: scan its folder (on its monitoring queue), start the
+    package workflow of each observation the scan filed, wait ``poll_s``, again.
+
+    Its memory is the database (an observation filed is not filed again) and the sizes the
+    last scan saw, carried into the next scan and across continue-as-new; so a watch whose
+    workers were down simply scans again and catches up."""
+
+    def __init__(self) -> None:
+        self._last: ScanSourceReceipt | None = None
+
+    @workflow.query(name=LAST_SCAN_QUERY)
+    def last_scan(self) -> ScanSourceReceipt | None:
+        return self._last
+
+    @workflow.run
+    async def run(self, inp: WatchInput) -> None:
+        queue, sizes = inp.source.queue(MONITORING), inp.sizes
+        _set_step(WatchStep.SCAN)
+        # Package workflows this run started (or found started): one start each per run.
+        started: set[str] = set()
+        for _ in range(inp.scans_per_run):
+            self._last = got = await _act(
+                WATCH_STEPS[WatchStep.SCAN],
+                ScanSourceInput(inp.source.location, inp.min_age_s, sizes),
+                queue,
+                inp.policy.heartbeat_s,
+            )
+            sizes = got.sizes
+            for obs in got.ready:
+                if obs not in started:
+                    await self._package(obs, inp)
+                    started.add(obs)
+            if workflow.info().is_continue_as_new_suggested():
+                break
+            await workflow.sleep(timedelta(seconds=inp.poll_s))
+        workflow.continue_as_new(replace(inp, sizes=sizes))
+
+    async def _package(self, obs: str, inp: WatchInput) -> None:
+        """Start the observation's package workflow, as `ccat file` does; it outlives this run."""
+        try:
+            await workflow.start_child_workflow(
+                PACKAGE_WORKFLOW,
+                PackageInput(obs, inp.source, inp.policy),
+                id=package_workflow_id(obs),
+                task_queue=workflow.info().task_queue,
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # running or done already (`ccat file`, or an earlier run of this watch)
+
+
 # What a worker registers for the flow.
 CCAT_WORKFLOWS: list[type] = [
     CcatPackageWorkflow,
     CcatTransferWorkflow,
     CcatDeletionWorkflow,
     CcatStageWorkflow,
+    CcatWatchWorkflow,
 ]

@@ -4,10 +4,10 @@ buffer folders, one real worker process per site (``unembargo worker --location 
 Four observations are filed at the telescope SOURCE and packaged into bundles, sent
 round-robin to the two archive sites. On the way a worker is SIGKILLed once in each of tar,
 transfer, unpack and delete, a byte of a transfer is flipped on arrival, and the second
-archive's S3 refuses connections for its first LTA_DOWN_S seconds. It must end with every
-package in both archive buckets, its bytes' sha256 the package's, a metadata sidecar beside
-it, the PhysicalCopy rows saying exactly what is on each disk and bucket, and the SOURCE and
-BUFFER copies deleted only after both archives had theirs.
+archive's S3 refuses connections for a minute (LTA_DOWN_S) from the first attempt to put
+there. It must end with every package in both archive buckets, its bytes' sha256 the
+package's, a metadata sidecar beside it, the PhysicalCopy rows saying exactly what is on each
+disk and bucket, and the SOURCE and BUFFER copies deleted only after both archives had theirs.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from temporalio.client import Client
 
 from support import WorkerProcess, poll_until
@@ -42,7 +44,7 @@ FILE_SIZE = 64 * 1024
 # Two packages (three files each, plus tar headers) fit in a bundle, a third would not.
 BUNDLE_LIMIT = 2 * 3 * FILE_SIZE + FILE_SIZE
 POLICY = c.CcatPolicy(heartbeat_s=3, bundle_wait_s=10)
-RESULT_TIMEOUT = 120
+RESULT_TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +79,9 @@ def observe(sites: CcatSites, session: Session, obs: str) -> None:
 # an unpack starting, a deletion marked in progress with its bytes still there.
 POINTS = ["ccat_package:acted", "ccat_transfer:acting", "ccat_unpack:acting", "ccat_delete:acting"]
 # The second archive site's endpoint refuses connections until this long after the first
-# attempt to put a package there.
-LTA_DOWN_S = 8
+# attempt to put a package there: "an LTA down for a minute". The step's retry policy
+# (CCAT_RETRY: backoff doubling to at most a minute, never giving up) rides it out.
+LTA_DOWN_S = 60
 
 
 class Workers:
@@ -157,6 +160,7 @@ async def test_every_package_reaches_both_archives_verified_through_kills_a_corr
                 ids.append(wid)
         for wid in ids:
             await asyncio.wait_for(client.get_workflow_handle(wid).result(), RESULT_TIMEOUT)
+        down_from, down_until = await asyncio.wait_for(outage, RESULT_TIMEOUT)
         with Session(engine) as s:
             bundles = sorted({r.transfer for r in s.exec(select(RawDataPackage)).all() if r.transfer})
         results = []
@@ -175,8 +179,13 @@ async def test_every_package_reaches_both_archives_verified_through_kills_a_corr
     )
     assert workers.kills == len(POINTS)
     with Session(engine) as s:
-        tries = [e for e in s.exec(select(Effect)).all() if e.action == f"put {second.archive}"]
-    assert len(tries) > OBSERVATIONS, "the archive that was down was never found down"
+        tries = [e.at for e in s.exec(select(Effect)).all() if e.action == f"put {second.archive}"]
+    assert down_until - down_from >= timedelta(seconds=LTA_DOWN_S)
+    during = [t for t in tries if down_from <= t < down_until]
+    # Refused, then tried again with backoff for the whole minute (1+2+4+8+16 s apart), then
+    # put once the archive was back: the transfer workflows did not fail, the puts came later.
+    assert len(during) >= 5, f"only {len(during)} tries while the archive was down"
+    assert max(tries) >= down_until, "nothing was put after the outage"
     assert {r.destination for r in results} == {a.site for a in sites.archives}, "not round-robin"
     assert sum(r.packages for r in results) == OBSERVATIONS and not any(r.refused for r in results)
     assert await _mismatch_seen(client, bundles), "the corrupt arrival was not named ChecksumMismatch"
@@ -196,16 +205,25 @@ async def test_every_package_reaches_both_archives_verified_through_kills_a_corr
         _deleted_only_after_both_archives(s, packages, sites)
 
 
-async def _outage(engine: Engine, proxy: TcpProxy, put: str) -> None:
-    """Keep the archive down (the proxy not listening) until LTA_DOWN_S after the first put there."""
+async def _outage(engine: Engine, proxy: TcpProxy, put: str) -> tuple[datetime, datetime]:
+    """Keep the archive down (the proxy not listening) until LTA_DOWN_S after the first put
+    there; when it was down, from the first try to the moment it listened again."""
 
-    def tried() -> bool:
+    def first_try() -> datetime | None:
         with Session(engine) as s:
-            return s.exec(select(Effect).where(Effect.action == put)).first() is not None
+            row = s.exec(select(Effect).where(Effect.action == put).order_by(col(Effect.at))).first()
+            return row.at if row is not None else None
 
-    await poll_until(tried, timeout=RESULT_TIMEOUT, what=f"a {put}")
+    await poll_until(lambda: first_try() is not None, timeout=RESULT_TIMEOUT, what=f"a {put}")
+    started = first_try()
+    assert started is not None
     await asyncio.sleep(LTA_DOWN_S)
+    # Still down at the end of the minute: a connection is refused, as the workers' were.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(host_port(proxy.url), timeout=5).close()
+    ended = datetime.now(UTC).replace(tzinfo=started.tzinfo)
     proxy.start()
+    return started, ended
 
 
 async def _mismatch_seen(client: Client, bundles: list[str]) -> bool:

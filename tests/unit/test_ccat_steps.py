@@ -18,7 +18,7 @@ from unembargo.models.settings import Settings
 
 SPECS: list[StepSpec] = [
     spec
-    for table in (c.PACKAGE_STEPS, c.TRANSFER_STEPS, c.DELETION_STEPS, c.STAGE_STEPS)
+    for table in (c.PACKAGE_STEPS, c.TRANSFER_STEPS, c.DELETION_STEPS, c.STAGE_STEPS, c.WATCH_STEPS)
     for spec in table.values()
 ]
 
