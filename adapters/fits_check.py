@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from unembargo.models.fits import HeaderValues
 
 # Messages kept per file: a broken file can warn once per card.
 _KEPT = 20
@@ -62,20 +64,6 @@ def check(path: Path) -> FitsCheck:
     errors += [m for m in found if _fatal(m)]
     kept = [m for m in found if not _fatal(m)]
     return FitsCheck(ok=not errors, warnings=kept[:_KEPT], errors=errors[:_KEPT])
-
-
-@dataclass(frozen=True)
-class HeaderValues:
-    """The header row's keywords, normalised (observation type upper case, binning 'XxY')."""
-
-    instrument: str | None = None
-    observation_type: str | None = None
-    object: str | None = None
-    filter: str | None = None
-    exposure_time: float | None = None
-    binning: str | None = None
-    ut_datetime: datetime | None = None
-    ut_date: date | None = None
 
 
 def _str(value: Any) -> str | None:

@@ -26,6 +26,7 @@ from unembargo.models.fits import (
     FitsFile,
     FitsHeader,
     FitsPreview,
+    HeaderValues,
 )
 from unembargo.models.fits_flow import (
     CAL_TYPES,
@@ -152,7 +153,7 @@ def ingest(
     if before is not None:
         before(outcome)
     verdict = fits_check.check(path)
-    values = fits_check.headers(path) if verdict.ok else fits_check.HeaderValues()
+    values = fits_check.headers(path) if verdict.ok else HeaderValues()
     file = file_row(session, name, create=True)
     assert file is not None and file.id is not None
     if now is not None:
@@ -166,7 +167,7 @@ def ingest(
     session.add(disk)
     session.flush()
     assert disk.id is not None
-    session.add(FitsHeader(diskfile_id=disk.id, **values.__dict__))
+    session.add(FitsHeader(diskfile_id=disk.id, **values.model_dump()))
     session.commit()
     return IngestReceipt(outcome, md5, stat.st_size, verdict.ok, values.instrument, values.observation_type)
 

@@ -79,16 +79,9 @@ class FitsDiskFile(SQLModel, table=True):
     fits_errors: str = ""
 
 
-class FitsHeader(SQLModel, table=True):
-    """The header keywords operators query, one row per diskfile."""
+class HeaderValues(SQLModel):
+    """The header keywords operators query, normalised (observation type upper case, binning 'XxY')."""
 
-    __tablename__ = "fits_header"
-    __table_args__ = (
-        Index("ix_fits_header_cal", "instrument", "observation_type", "binning", "filter", "ut_date"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    diskfile_id: int = Field(foreign_key="fits_diskfile.id", unique=True)
     instrument: str | None = None
     observation_type: str | None = None
     object: str | None = None
@@ -97,6 +90,18 @@ class FitsHeader(SQLModel, table=True):
     binning: str | None = None
     ut_datetime: datetime | None = None
     ut_date: date | None = None
+
+
+class FitsHeader(HeaderValues, table=True):
+    """A diskfile's header keywords, one row per diskfile."""
+
+    __tablename__ = "fits_header"
+    __table_args__ = (
+        Index("ix_fits_header_cal", "instrument", "observation_type", "binning", "filter", "ut_date"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    diskfile_id: int = Field(foreign_key="fits_diskfile.id", unique=True)
 
 
 class FitsCalibration(SQLModel, table=True):
