@@ -36,7 +36,7 @@ test-stack: setup
 
 $(TYPING)/unembargo: | setup
 	mkdir -p $@
-	for d in __init__.py models workflows activities adapters engine workers client cli; do \
+	for d in __init__.py models workflows activities adapters engine workers client cli web; do \
 		ln -sfn $(CURDIR)/$$d $@/$$d; done
 	ln -sfn $(CURDIR)/temporal-dev $@/devstack
 

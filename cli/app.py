@@ -29,6 +29,7 @@ from unembargo.cli import (
     schedule,
     start,
     status,
+    web,
     workers,
 )
 from unembargo.engine.errors import SourceUnavailable, TemporalUnreachable
@@ -49,6 +50,7 @@ app.add_typer(ccat.app, name="ccat")
 app.add_typer(fits.app, name="fits")
 app.add_typer(rawintegrity.app, name="rawintegrity")
 app.add_typer(carousel.app, name="carousel")
+app.command()(web.web)
 
 
 @app.callback()

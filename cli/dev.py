@@ -10,6 +10,7 @@ from rich.table import Table
 
 from unembargo.adapters.s3 import use_loopback_credentials
 from unembargo.devstack import stack
+from unembargo.devstack import web as web_page
 from unembargo.models.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Local stack: up, down, status, seed.")
@@ -25,6 +26,7 @@ def up(ctx: typer.Context) -> None:
     if all(action != "started" for action in actions.values()):
         console.print("everything already up; nothing changed")
     console.print(f"Temporal web UI: [link]{settings.temporal_ui_url}[/link]")
+    console.print(f"Dataflow page: [link]{web_page.address(settings)}[/link]")
 
 
 @app.command()

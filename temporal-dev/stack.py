@@ -3,7 +3,7 @@ exactly what ``up`` started, ``status`` tells each service's address and health.
 
     >>> from unembargo.models.settings import Settings
     >>> [row.name for row in status(Settings())]  # doctest: +SKIP
-    ['postgres', 's3', 'temporal', 'rucio', 'worker', 'listen']
+    ['postgres', 's3', 'temporal', 'rucio', 'worker', 'listen', 'tape', 'broker', 'web']
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from unembargo.adapters.s3 import use_loopback_credentials
-from unembargo.devstack import broker, listen, postgres, procs, rucio_server, s3, tape, temporal, worker
+from unembargo.devstack import broker, listen, postgres, procs, rucio_server, s3, tape, temporal, web, worker
 from unembargo.models.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ SERVICES = [
     Service("tape", tape.ensure, tape.health, tape.stop, tape.address),
     # The carousel flow's STOMP broker (coilmq, in memory; RabbitMQ or ActiveMQ in production).
     Service("broker", broker.ensure, broker.health, broker.stop, broker.address),
+    # The dataflow page (`unembargo web`, read-only), on UNEMBARGO_WEB_PORT.
+    Service("web", web.ensure, web.health, web.stop, web.address),
 ]
 
 

@@ -90,7 +90,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(
     (tmp_path / "state" / "rucio").mkdir(parents=True)
     # Share the session stack's Rucio venv: the pip install is not what this test is about.
     (tmp_path / "state" / "rucio" / "venv").symlink_to(rucio_venv)
-    names = ("temporal", "ui", "s3", "rucio", "listen", "broker")
+    names = ("temporal", "ui", "s3", "rucio", "listen", "broker", "web")
     ports = dict(zip(names, procs.free_ports(len(names)), strict=True))
     own = Settings(
         state_dir=tmp_path / "state",
@@ -107,6 +107,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(
         **own.environment(),
         "UNEMBARGO_LISTEN_PORT": str(ports["listen"]),
         "UNEMBARGO_CAROUSEL_BROKER_PORT": str(ports["broker"]),
+        "UNEMBARGO_WEB_PORT": str(ports["web"]),
     }
     # Whatever fails below, this stack must not outlive the test (a no-op after `dev down`).
     request.addfinalizer(partial(stack.down, own))
@@ -134,6 +135,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(
         assert procs.poll(partial(_gone, rec.pid), 10, raise_on_timeout=False), rec
     urls = [own.temporal_address, own.temporal_ui_url, own.s3_endpoint_url, own.rucio_host]
     urls += [f"http://127.0.0.1:{ports['listen']}", f"stomp://127.0.0.1:{ports['broker']}"]
+    urls.append(f"http://127.0.0.1:{ports['web']}")
     for url in urls:
         assert url is not None
         assert not procs.port_open(*host_port(url)), f"{url} still listening"

@@ -1,0 +1,238 @@
+"""The dataflow page's web application: server-rendered pages, their JSON under ``/api/``,
+Prometheus metrics at ``/metrics``, and (with ``actions_enabled``, behind the token) retry,
+reset and an operator's decision.
+
+    >>> app = create_app(WebConfig())  # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8088)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from unembargo.models.names import InvalidName
+from unembargo.web import views
+from unembargo.web.auth import COOKIE, authorized, cookie_value, who
+from unembargo.web.config import WebConfig
+from unembargo.web.flows import ALL, BY_NAME, FLOWS, STATES, Flow
+from unembargo.web.source import Source, TemporalSource
+
+log = logging.getLogger(__name__)
+# Every action, one line each: who, what, to which unit, the outcome (never the token).
+actions_log = logging.getLogger("unembargo.web.actions")
+
+TEMPLATES = Path(__file__).parent / "templates"
+# Actions kept in memory for the page's "recent actions" list.
+RECENT_ACTIONS = 50
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = lambda value: quote(str(value), safe="")
+    env.globals["sparkline"] = views.sparkline
+    return env
+
+
+def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
+    """The application; ``source`` defaults to the real services (TemporalSource)."""
+    data: Source = source if source is not None else TemporalSource(config.settings)
+    env = _environment()
+    recent: deque[dict[str, Any]] = deque(maxlen=RECENT_ACTIONS)
+
+    def page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        body = env.get_template(template).render(
+            flows=FLOWS,
+            states=STATES,
+            actions_enabled=config.actions_enabled,
+            signed_in=authorized(request, config.token),
+            path=request.url.path,
+            **context,
+        )
+        return HTMLResponse(body, status_code=status_code)
+
+    def flow_of(request: Request) -> Flow | None:
+        return BY_NAME.get(request.path_params["flow"])
+
+    def not_found(request: Request, what: str, as_json: bool) -> Response:
+        if as_json:
+            return JSONResponse({"error": f"no {what}"}, status_code=404)
+        return page(request, "error.html", status_code=404, message=f"no {what}")
+
+    async def overview(request: Request) -> Response:
+        found = await views.overview(data)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(found)
+        return page(request, "overview.html", overview=found)
+
+    async def flow_page(request: Request) -> Response:
+        as_json = request.url.path.startswith("/api/")
+        flow = flow_of(request)
+        if flow is None:
+            return not_found(request, f"flow {request.path_params['flow']!r}", as_json)
+        q = request.query_params
+        try:
+            day = int(q["day"]) if q.get("day") else None
+            found = await views.flow_units(
+                config,
+                data,
+                flow,
+                state=q.get("state") or ALL,
+                day=day,
+                instrument=q.get("instrument") or None,
+                step=q.get("step") or None,
+                error=q.get("error") or None,
+                page_token=q.get("page_token") or None,
+            )
+        except (ValueError, InvalidName) as err:
+            if as_json:
+                return JSONResponse({"error": str(err)}, status_code=400)
+            return page(request, "error.html", status_code=400, message=str(err))
+        if as_json:
+            return JSONResponse(found)
+        counts = await views.flow_counts(data, flow, datetime.now(UTC))
+        following = None
+        if found["next_page_token"]:
+            params = {k: v for k, v in q.items() if k != "page_token"}
+            following = "?" + urlencode({**params, "page_token": found["next_page_token"]})
+        return page(request, "flow.html", flow=flow, found=found, counts=counts, next_url=following)
+
+    async def unit(request: Request) -> Response:
+        as_json = request.url.path.startswith("/api/")
+        flow = flow_of(request)
+        wid = request.path_params["workflow_id"]
+        if flow is None:
+            return not_found(request, f"flow {request.path_params['flow']!r}", as_json)
+        found = await views.unit_page(config, data, flow, wid)
+        if found is None:
+            return not_found(request, f"workflow {wid!r}", as_json)
+        if as_json:
+            return JSONResponse(found)
+        return page(request, "unit.html", flow=flow, unit=found, done=request.query_params.get("done"))
+
+    async def locations(request: Request) -> Response:
+        found = await views.locations_page(data)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(found)
+        return page(request, "locations.html", found=found)
+
+    async def metrics(request: Request) -> Response:
+        found = await views.overview(data)
+        return PlainTextResponse(views.metrics_text(found["flows"]), media_type="text/plain; version=0.0.4")
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    def action(kind: str) -> Handler:
+        async def act(request: Request) -> Response:
+            flow = flow_of(request)
+            wid = request.path_params["workflow_id"]
+            if not config.actions_enabled:
+                return JSONResponse({"error": "actions are not enabled (unembargo web --actions)"}, 403)
+            if not authorized(request, config.token):
+                actions_log.warning("refused %s of %s by %s: not authenticated", kind, wid, who(request))
+                return JSONResponse({"error": "authentication required"}, 401)
+            if flow is None:
+                return JSONResponse({"error": "no such flow"}, 404)
+            form = await request.form()
+            step = str(form.get("step") or request.query_params.get("step") or "")
+            decision = str(form.get("decision") or request.query_params.get("decision") or "")
+            reason = f"unembargo web {kind} by {who(request)}"
+            if kind == "retry":
+                out = await data.retry(wid, reason)
+            elif kind == "reset":
+                if not step:
+                    return JSONResponse({"error": "reset needs a step"}, 400)
+                out = await data.reset(wid, step, reason)
+            else:
+                if not decision:
+                    return JSONResponse({"error": "signal needs a decision"}, 400)
+                out = await data.signal(wid, decision)
+            entry = {
+                "when": datetime.now(UTC).isoformat(),
+                "who": who(request),
+                "action": kind,
+                "flow": flow.name,
+                "workflow_id": wid,
+                "step": step or None,
+                "decision": decision or None,
+                "outcome": out.action,
+                "message": out.message,
+            }
+            recent.appendleft(entry)
+            actions_log.info(
+                "%s %s of %s/%s%s: %s (%s)",
+                entry["who"],
+                kind,
+                flow.name,
+                wid,
+                f" step={step}" if step else (f" decision={decision}" if decision else ""),
+                out.action,
+                out.message,
+            )
+            if "text/html" in request.headers.get("accept", ""):
+                back = f"/flows/{quote(flow.name)}/units/{quote(wid, safe='')}"
+                return RedirectResponse(f"{back}?{urlencode({'done': out.message})}", status_code=303)
+            return JSONResponse({**entry, "run_id": out.run_id})
+
+        return act
+
+    async def actions(request: Request) -> Response:
+        if not authorized(request, config.token):
+            return JSONResponse({"error": "authentication required"}, 401)
+        return JSONResponse({"actions": list(recent)})
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return page(request, "login.html")
+        form = await request.form()
+        given = str(form.get("token") or "")
+        token = config.token
+        if not config.actions_enabled or token is None or not given:
+            return page(request, "login.html", status_code=403, message="actions are not enabled")
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            actions_log.warning("failed sign-in from %s", who(request))
+            return page(request, "login.html", status_code=401, message="wrong token")
+        actions_log.info("sign-in from %s", who(request))
+        done = RedirectResponse("/", status_code=303)
+        done.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="strict")
+        return done
+
+    unit_path = "/flows/{flow}/units/{workflow_id:path}"
+    routes = [
+        Route(f"/api{unit_path}/retry", action("retry"), methods=["POST"]),
+        Route(f"/api{unit_path}/reset", action("reset"), methods=["POST"]),
+        Route(f"/api{unit_path}/signal", action("signal"), methods=["POST"]),
+        Route("/", overview),
+        Route("/api/overview", overview),
+        Route("/flows/{flow}", flow_page),
+        Route("/api/flows/{flow}", flow_page),
+        Route(unit_path, unit),
+        Route(f"/api{unit_path}", unit),
+        Route("/locations", locations),
+        Route("/api/locations", locations),
+        Route("/api/actions", actions),
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/login", login, methods=["GET", "POST"]),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,432 @@
+"""Where the page's facts come from: Temporal visibility (counts and one page of a listing),
+a workflow's history and description, the project's database (locations, copies), and the
+client's own status and retry functions.
+
+``Source`` is what the views ask; ``TemporalSource`` answers from the real services, and the
+unit tests answer from a small fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from temporalio.api.common.v1 import WorkflowExecution as ExecutionRef
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.failure.v1 import Failure
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.workflowservice.v1 import (
+    GetWorkflowExecutionHistoryReverseRequest,
+    ResetWorkflowExecutionRequest,
+)
+from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError, FailureError
+from temporalio.service import RPCError, RPCStatusCode
+
+from unembargo.client import locations as client_locations
+from unembargo.client.retry import retry_exposure
+from unembargo.client.status import receipt_summary, run_status
+from unembargo.engine.connection import connect
+from unembargo.models import carousel, names, rawintegrity
+from unembargo.models.names import SA_INSTRUMENT, SA_OBS_ID
+from unembargo.models.settings import Settings
+from unembargo.web.flows import Flow, flow_of_type
+
+# Bounds on one page's extra calls (each failed row's last failure).
+_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One run as a listing returns it: what visibility knows, nothing more."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    status: str  # running | completed | failed | terminated | canceled | timed_out
+    attributes: dict[str, Any]
+    started: datetime | None
+    closed: datetime | None
+
+
+@dataclass(frozen=True)
+class FailureView:
+    """A failure as an operator reads it: its type, message and stack trace."""
+
+    type: str
+    message: str
+    stack_trace: str = ""
+
+
+@dataclass(frozen=True)
+class StepView:
+    """One step of a unit's run: done or not, when, what its receipt says, its attempts."""
+
+    step: str
+    activity: str
+    done: bool = False
+    when: datetime | None = None
+    summary: str = ""
+    attempts: int = 0
+    last_failure: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingView:
+    step: str
+    activity: str
+    attempt: int
+    state: str
+    next_attempt: datetime | None
+    failure: FailureView | None
+
+
+@dataclass(frozen=True)
+class UnitDetail:
+    """Everything the unit page shows of one workflow's latest run."""
+
+    listed: Listed
+    steps: list[StepView] = field(default_factory=list)
+    pending: PendingView | None = None
+    failure: FailureView | None = None
+    waiting_for: str | None = None
+    # The unit's files and copies, where the flow keeps them in the database.
+    copies: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: str  # restarted | reset | signalled | none
+    run_id: str | None
+    message: str
+
+
+class Source(Protocol):
+    """What the views read and do."""
+
+    async def count(self, query: str) -> int: ...
+
+    async def page(self, query: str, size: int, token: bytes | None) -> tuple[list[Listed], bytes | None]: ...
+
+    async def last_failure(self, workflow_id: str, run_id: str) -> FailureView | None: ...
+
+    async def unit(self, workflow_id: str) -> UnitDetail | None: ...
+
+    async def locations(self) -> tuple[list[Any], list[Any]]: ...
+
+    async def retry(self, workflow_id: str, reason: str) -> ActionResult: ...
+
+    async def reset(self, workflow_id: str, step: str, reason: str) -> ActionResult: ...
+
+    async def signal(self, workflow_id: str, decision: str) -> ActionResult: ...
+
+
+def _status(value: WorkflowExecutionStatus | None) -> str:
+    return (value or WorkflowExecutionStatus.RUNNING).name.lower()
+
+
+def listed(execution: WorkflowExecution) -> Listed:
+    """A run as the page keeps it: its id, type, status and search attributes."""
+    attrs = {pair.key.name: pair.value for pair in execution.typed_search_attributes}
+    return Listed(
+        workflow_id=execution.id,
+        run_id=execution.run_id,
+        workflow_type=execution.workflow_type,
+        status=_status(execution.status),
+        attributes=attrs,
+        started=execution.start_time,
+        closed=execution.close_time,
+    )
+
+
+async def failure_view(client: Client, failure: Failure) -> FailureView:
+    """The innermost cause of ``failure`` (the error an activity raised), decrypted when sealed."""
+    copy = Failure()
+    copy.CopyFrom(failure)
+    try:
+        error: BaseException | None = await client.data_converter.decode_failure(copy)
+    except Exception as err:
+        return FailureView(type(err).__name__, "the failure could not be decoded")
+    chain: list[BaseException] = []
+    while error is not None and len(chain) < 20:
+        chain.append(error)
+        error = error.__cause__
+    inner = next((e for e in reversed(chain) if isinstance(e, ApplicationError)), chain[-1])
+    kind = inner.type if isinstance(inner, ApplicationError) and inner.type else type(inner).__name__
+    raw = inner.failure if isinstance(inner, FailureError) else None
+    message = inner.message if isinstance(inner, FailureError) else str(inner)
+    return FailureView(kind, message, raw.stack_trace if raw is not None else "")
+
+
+# History events that carry the failure an operator wants to see, newest first.
+_FAILURE_EVENTS = {
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED: "workflow_execution_failed_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "activity_task_failed_event_attributes",
+}
+
+
+class TemporalSource:
+    """The real sources: one Temporal client (made on first use) and the project's database."""
+
+    def __init__(self, settings: Settings, client: Client | None = None) -> None:
+        self.settings = settings
+        self._client = client
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> Client:
+        async with self._lock:
+            if self._client is None:
+                self._client = await connect(self.settings)
+            return self._client
+
+    async def count(self, query: str) -> int:
+        return (await (await self.client()).count_workflows(query)).count
+
+    async def page(self, query: str, size: int, token: bytes | None) -> tuple[list[Listed], bytes | None]:
+        listing = (await self.client()).list_workflows(query, page_size=size, next_page_token=token)
+        await listing.fetch_next_page()
+        return [listed(e) for e in listing.current_page or []], listing.next_page_token
+
+    async def last_failure(self, workflow_id: str, run_id: str) -> FailureView | None:
+        """The run's failure, from the last events of its history (read backwards, a few)."""
+        client = await self.client()
+        resp = await client.workflow_service.get_workflow_execution_history_reverse(
+            GetWorkflowExecutionHistoryReverseRequest(
+                namespace=client.namespace,
+                execution=ExecutionRef(workflow_id=workflow_id, run_id=run_id),
+                maximum_page_size=5,
+            )
+        )
+        for event in resp.history.events:
+            kind = _FAILURE_EVENTS.get(event.event_type)
+            if kind is not None:
+                return await failure_view(client, getattr(event, kind).failure)
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED:
+                reason = event.workflow_execution_terminated_event_attributes.reason
+                return FailureView("Terminated", reason)
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT:
+                return FailureView("TimedOut", "the run timed out")
+        return None
+
+    async def unit(self, workflow_id: str) -> UnitDetail | None:
+        client = await self.client()
+        try:
+            desc = await client.get_workflow_handle(workflow_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        row = listed(desc)
+        found = flow_of_type(row.workflow_type)
+        handle = client.get_workflow_handle(workflow_id, run_id=desc.run_id)
+        history = await handle.fetch_history()
+        steps, failure = await _timeline(client, found, history.events)
+        waiting = None
+        if found is not None and found.name == "unembargo":
+            exposure = await run_status(client, handle, desc)
+            steps = [
+                StepView(s.step, s.step, s.done, s.when, s.summary, s.attempts, s.last_failure)
+                for s in exposure.steps
+            ]
+            waiting = exposure.waiting_for
+        pending = await _pending(client, found, desc) if row.status == "running" else None
+        copies = await asyncio.to_thread(self._copies, found, row)
+        return UnitDetail(row, steps, pending, failure, waiting, copies)
+
+    def _copies(self, found: Flow | None, row: Listed) -> list[dict[str, Any]]:
+        """A ccat package's copies (PhysicalCopy rows, by location); other flows keep none."""
+        if found is None or found.name != "ccat" or not row.workflow_id.startswith("ccat-package-"):
+            return []
+        from sqlmodel import Session
+
+        from unembargo.client.ccat import package_view
+        from unembargo.models.tables import connect as db_connect
+
+        package = row.workflow_id.removeprefix("ccat-package-")
+        with Session(db_connect(self.settings.database_url.get_secret_value())) as session:
+            view = package_view(session, package)
+        if view is None:
+            return []
+        return [
+            {
+                "location": c.location,
+                "site": c.site,
+                "type": str(c.type),
+                "kind": c.kind,
+                "state": c.state,
+                "verified": c.verified,
+                "size": c.size,
+                "relpath": c.relpath,
+            }
+            for c in view.copies
+        ]
+
+    async def locations(self) -> tuple[list[Any], list[Any]]:
+        """Every location, and every queue's pollers (client/locations.py)."""
+        rows = await asyncio.to_thread(client_locations.list_locations, self.settings)
+        health = await client_locations.health(await self.client(), self.settings)
+        return rows, health
+
+    async def retry(self, workflow_id: str, reason: str) -> ActionResult:
+        """An exposure: ``unembargo retry``'s restart or reset; any other unit: a reset to its
+        failing activity when it is stuck (the flow's own command restarts a closed one)."""
+        client = await self.client()
+        desc = await client.get_workflow_handle(workflow_id).describe()
+        row = listed(desc)
+        if row.workflow_type == names.EXPOSURE_WORKFLOW:
+            instrument, obs_id = row.attributes.get(SA_INSTRUMENT.name), row.attributes.get(SA_OBS_ID.name)
+            if not instrument or not obs_id:
+                return ActionResult("none", None, "the exposure's instrument and obs_id are not known")
+            out = await retry_exposure(client, self.settings, instrument, obs_id, reason)
+            return ActionResult(out.action, out.run_id, out.message)
+        if row.status != "running":
+            return ActionResult("none", None, f"{row.status}: restart it with its flow's own command")
+        pending = desc.raw_description.pending_activities
+        if not pending or pending[0].attempt <= 1:
+            return ActionResult("none", None, "running and not failing: nothing to retry")
+        return await self._reset_before(
+            client, row, lambda a: a.activity_id == pending[0].activity_id, reason
+        )
+
+    async def reset(self, workflow_id: str, step: str, reason: str) -> ActionResult:
+        """Reset the latest run to the workflow task that first scheduled ``step``'s activity."""
+        client = await self.client()
+        row = listed(await client.get_workflow_handle(workflow_id).describe())
+        found = flow_of_type(row.workflow_type)
+        activities = {a for a, s in (found.step_of_activity if found else {}).items() if s == step}
+        if not activities:
+            return ActionResult("none", None, f"no step {step!r} in this flow")
+        return await self._reset_before(
+            client, row, lambda a: a.activity_type.name in activities, reason, True
+        )
+
+    async def _reset_before(
+        self, client: Client, row: Listed, match: Any, reason: str, first: bool = False
+    ) -> ActionResult:
+        history = await client.get_workflow_handle(row.workflow_id, run_id=row.run_id).fetch_history()
+        scheduled = [
+            e.activity_task_scheduled_event_attributes
+            for e in history.events
+            if e.HasField("activity_task_scheduled_event_attributes")
+            and match(e.activity_task_scheduled_event_attributes)
+        ]
+        if not scheduled:
+            return ActionResult("none", None, "the run never scheduled that step")
+        at = scheduled[0] if first else scheduled[-1]
+        resp = await client.workflow_service.reset_workflow_execution(
+            ResetWorkflowExecutionRequest(
+                namespace=client.namespace,
+                workflow_execution=ExecutionRef(workflow_id=row.workflow_id, run_id=row.run_id),
+                reason=reason,
+                workflow_task_finish_event_id=at.workflow_task_completed_event_id,
+                request_id=str(uuid.uuid4()),
+            )
+        )
+        return ActionResult("reset", resp.run_id, f"reset to before {at.activity_type.name}")
+
+    async def signal(self, workflow_id: str, decision: str) -> ActionResult:
+        """An operator's decision to a unit waiting for one (carousel, rawintegrity)."""
+        client = await self.client()
+        row = listed(await client.get_workflow_handle(workflow_id).describe())
+        handle = client.get_workflow_handle(workflow_id)
+        if row.workflow_type == carousel.CAROUSEL_WORKFLOW and decision in carousel.DECISIONS:
+            await handle.signal(carousel.DECIDE_SIGNAL, carousel.Decision(decision))
+        elif row.workflow_type == rawintegrity.FILE_WORKFLOW and decision in (
+            rawintegrity.RETRY,
+            rawintegrity.GIVE_UP,
+        ):
+            await handle.signal(rawintegrity.DECIDE_SIGNAL, decision)
+        else:
+            return ActionResult("none", None, f"no decision {decision!r} for a {row.workflow_type}")
+        return ActionResult("signalled", row.run_id, f"decision {decision} sent")
+
+
+def decisions(workflow_type: str) -> tuple[str, ...]:
+    """The operator decisions a unit of this type takes."""
+    if workflow_type == carousel.CAROUSEL_WORKFLOW:
+        return tuple(d for d in carousel.DECISIONS if d != carousel.CHANGE)
+    if workflow_type == rawintegrity.FILE_WORKFLOW:
+        return (rawintegrity.RETRY, rawintegrity.GIVE_UP)
+    return ()
+
+
+async def _timeline(
+    client: Client, found: Flow | None, events: Sequence[HistoryEvent]
+) -> tuple[list[StepView], FailureView | None]:
+    """Each activity the run scheduled, in order: done when, its receipt's summary, attempts;
+    and the run's (or its last activity's) failure."""
+    of = dict(found.step_of_activity) if found else {}
+    scheduled: dict[int, str] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    failure: Failure | None = None
+    for event in events:
+        kind = event.WhichOneof("attributes")
+        if kind == "activity_task_scheduled_event_attributes":
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            scheduled[event.event_id] = name
+            rows.setdefault(name, {"step": of.get(name, name), "attempts": 0})
+        elif kind == "activity_task_started_event_attributes":
+            started = event.activity_task_started_event_attributes
+            rows[scheduled.get(started.scheduled_event_id, "")]["attempts"] += started.attempt
+        elif kind == "activity_task_completed_event_attributes":
+            completed = event.activity_task_completed_event_attributes
+            name = scheduled.get(completed.scheduled_event_id, "")
+            values = await client.data_converter.decode(list(completed.result.payloads))
+            receipt = values[0] if values and isinstance(values[0], dict) else {}
+            rows[name].update(done=True, when=event.event_time.ToDatetime(tzinfo=UTC))
+            rows[name]["summary"] = receipt_summary(rows[name]["step"], receipt) or _brief(receipt)
+        elif kind == "activity_task_failed_event_attributes":
+            failed = event.activity_task_failed_event_attributes
+            failure = failed.failure
+            rows[scheduled.get(failed.scheduled_event_id, "")]["failed"] = failure
+        elif kind == "workflow_execution_failed_event_attributes":
+            failure = event.workflow_execution_failed_event_attributes.failure
+    steps = []
+    for name, row in rows.items():
+        last = row.get("failed")
+        text = None
+        if last is not None:
+            seen = await failure_view(client, last)
+            text = f"{seen.type}: {seen.message}"
+        steps.append(
+            StepView(
+                step=row["step"],
+                activity=name,
+                done=row.get("done", False),
+                when=row.get("when"),
+                summary=row.get("summary", ""),
+                attempts=row["attempts"],
+                last_failure=text,
+            )
+        )
+    return steps, await failure_view(client, failure) if failure is not None else None
+
+
+def _brief(receipt: dict[str, Any]) -> str:
+    """A receipt's plain fields (numbers, names, flags) on one line; nested values left out."""
+    shown = [f"{k}={v}" for k, v in receipt.items() if isinstance(v, (int, float, bool)) and v is not None]
+    return ", ".join(shown[:8])
+
+
+async def _pending(client: Client, found: Flow | None, desc: Any) -> PendingView | None:
+    for act in desc.raw_description.pending_activities:
+        name = act.activity_type.name
+        failure = await failure_view(client, act.last_failure) if act.HasField("last_failure") else None
+        from temporalio.api.enums.v1 import PendingActivityState
+
+        state = PendingActivityState.Name(act.state).removeprefix("PENDING_ACTIVITY_STATE_").lower()
+        return PendingView(
+            step=(found.step_of_activity.get(name, name) if found else name),
+            activity=name,
+            attempt=act.attempt,
+            state=state,
+            next_attempt=act.next_attempt_schedule_time.ToDatetime(tzinfo=UTC)
+            if act.HasField("next_attempt_schedule_time")
+            else None,
+            failure=failure,
+        )
+    return None
