@@ -8,7 +8,8 @@ version of the app's rucio-clients, plus gunicorn), ``rucio.cfg``, ``alembic.ini
 ``client.cfg``. The server pins its own Flask/SQLAlchemy, so it never shares the app venv.
 Its catalog is the database ``unembargo_rucio_<hash of the state dir>``. The root password
 is generated once into ``settings.rucio_password_file`` (0600) and reaches the bootstrap
-script on stdin only.
+script on stdin only. Rucio's judge-evaluator and judge-cleaner run beside the server, from
+the same venv and ``rucio.cfg``, and stop with it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ GUNICORN_VERSION = "27.0.1"
 GUNICORN_WORKERS = 2
 GUNICORN_THREADS = 4
 FILE_PROTOCOL_IMPL = "rucio.rse.protocols.posix.Default"
+# Rucio's own daemons, run beside the server on its database (the rucio package ships them):
+# the judge-evaluator gives files attached to a dataset the locks of the dataset's rules (the
+# carousel keeps staging an open dataset by it); the judge-cleaner removes rules that expired (a
+# deleted rule is set to expire within the hour). Short sleeps: the stack's catalog is small.
+DAEMONS = ("judge-evaluator", "judge-cleaner")
+DAEMON_SLEEP_S = 2
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,8 @@ def ensure(settings: Settings, pg_admin_url: str) -> str:
     paths.root.mkdir(parents=True, exist_ok=True)
     with _locked(paths.root / ".lock"):
         if health(settings)[0]:
+            if procs.recorded(paths.state_dir, SERVICE) is not None:
+                ensure_daemons(paths)
             ensure_catalog(settings)
             return "already up"
         ours = procs.recorded(paths.state_dir, SERVICE)
@@ -129,6 +138,7 @@ def ensure(settings: Settings, pg_admin_url: str) -> str:
         write_server_configs(paths, db_url, settings.rucio_username)
         bootstrap(paths, settings.rucio_username, password)
         start_server(paths, settings, host, port)
+        ensure_daemons(paths)
         ensure_catalog(settings)
         return "started"
 
@@ -147,8 +157,24 @@ def health(settings: Settings) -> tuple[bool, str]:
 
 
 def stop(settings: Settings) -> bool:
-    """Stop the Rucio server this stack started; True if one was running."""
-    return procs.stop(RucioPaths.of(settings).state_dir, SERVICE)
+    """Stop the Rucio server this stack started, and its daemons; True if the server was running."""
+    state_dir = RucioPaths.of(settings).state_dir
+    for daemon in DAEMONS:
+        procs.stop(state_dir, daemon_service(daemon))
+    return procs.stop(state_dir, SERVICE)
+
+
+def daemon_service(daemon: str) -> str:
+    """The name a Rucio daemon's process is recorded (and logged) under."""
+    return f"{SERVICE}-{daemon}"
+
+
+def ensure_daemons(paths: RucioPaths) -> None:
+    """Start each of Rucio's daemons that is not running, with the server's rucio.cfg."""
+    for daemon in DAEMONS:
+        if procs.recorded(paths.state_dir, daemon_service(daemon)) is None:
+            argv = [str(paths.venv / "bin" / f"rucio-{daemon}"), "--sleep-time", str(DAEMON_SLEEP_S)]
+            procs.start(paths.state_dir, daemon_service(daemon), argv, env=server_env(paths), cwd=paths.root)
 
 
 def loopback_address(url: str) -> tuple[str, int]:
