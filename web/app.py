@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -39,6 +39,18 @@ TEMPLATES = Path(__file__).parent / "templates"
 RECENT_ACTIONS = 50
 
 Handler = Callable[[Request], Awaitable[Response]]
+# A form here holds a token, a step or a decision: a few hundred bytes.
+MAX_FORM = 4096
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A URL-encoded form's fields (the only kind the pages send); anything else is empty."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return {}
+    body = await request.body()
+    if len(body) > MAX_FORM:
+        return {}
+    return {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
 
 
 def _environment() -> Environment:
@@ -153,9 +165,9 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
                 return JSONResponse({"error": "authentication required"}, 401)
             if flow is None:
                 return JSONResponse({"error": "no such flow"}, 404)
-            form = await request.form()
-            step = str(form.get("step") or request.query_params.get("step") or "")
-            decision = str(form.get("decision") or request.query_params.get("decision") or "")
+            form = await _form(request)
+            step = form.get("step") or request.query_params.get("step") or ""
+            decision = form.get("decision") or request.query_params.get("decision") or ""
             reason = f"unembargo web {kind} by {who(request)}"
             if kind == "retry":
                 out = await data.retry(wid, reason)
@@ -204,8 +216,8 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return page(request, "login.html")
-        form = await request.form()
-        given = str(form.get("token") or "")
+        form = await _form(request)
+        given = form.get("token", "")
         token = config.token
         if not config.actions_enabled or token is None or not given:
             return page(request, "login.html", status_code=403, message="actions are not enabled")
