@@ -1,4 +1,5 @@
-"""``unembargo carousel``: stage datasets from tape, file by file (stage, status, decide)."""
+"""``unembargo carousel``: stage datasets from tape, file by file (stage, status, decide,
+throttle-status)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from unembargo.models.carousel import (
     CarouselState,
     Decision,
 )
+from unembargo.models.carousel_throttle import ThrottleLimits, ThrottleLoad
 from unembargo.models.settings import Settings, parse_duration
 
 app = typer.Typer(no_args_is_help=True, help="Tape carousel: stage a dataset, one message per file on disk")
@@ -86,6 +88,44 @@ def status(
     console.print(f"rules: {', '.join(s.rule_ids)}; sources tried: {', '.join(s.sources)}")
     if s.operator:
         console.print(f"[yellow]operator[/yellow] {s.operator}", soft_wrap=True)
+
+
+@app.command("throttle-status")
+def throttle_status(
+    ctx: typer.Context,
+    rse: Annotated[
+        list[str] | None, typer.Option("--rse", help="This tape (repeatable); default: every one throttled.")
+    ] = None,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Each throttled tape's files staging and queued against its limits (its throttle's query)."""
+    from unembargo.client.carousel import throttle_loads
+    from unembargo.engine.connection import connect
+
+    settings: Settings = ctx.obj
+    configured = CarouselSettings().throttles
+    tapes = {r: configured.get(r, ThrottleLimits()) for r in rse} if rse else dict(configured)
+
+    async def main() -> list[ThrottleLoad]:
+        return await throttle_loads(await connect(settings), tapes) if tapes else []
+
+    loads = asyncio.run(main())
+    if as_json:
+        console.print_json(json.dumps([asdict(x) for x in loads]))
+        return
+    if not loads:
+        console.print("no tape is throttled (UNEMBARGO_CAROUSEL_THROTTLES); name one with --rse")
+        return
+    table = Table("tape", "staging", "limit", "queued", "limit", "outside", "requests", "peak staging")
+    for x in loads:
+        if not x.running:
+            table.add_row(x.rse, "not running", str(x.staging_limit), "", str(x.queued_limit), "", "", "")
+            continue
+        table.add_row(
+            x.rse, str(x.staging), str(x.staging_limit), str(x.queued), str(x.queued_limit), str(x.outside),
+            str(x.requests), str(x.peak_staging),
+        )  # fmt: skip
+    console.print(table)
 
 
 @app.command()

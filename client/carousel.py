@@ -9,6 +9,8 @@ throttle workflow runs, by a signal-with-start that also hands it the current li
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
@@ -17,6 +19,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
 from unembargo.models.carousel import (
     CAROUSEL_WORKFLOW,
@@ -38,7 +41,9 @@ from unembargo.models.carousel_throttle import (
     THROTTLE_WORKFLOW,
     ThrottleInput,
     ThrottleLimits,
+    ThrottleLoad,
     ThrottleState,
+    load_of,
     throttle_workflow_id,
 )
 from unembargo.models.locations import Operation, get_location, operation_queues
@@ -114,6 +119,20 @@ async def throttle_state(client: Client, rse: str) -> ThrottleState:
     """A tape's asks, grants and the most files it had staging at once."""
     handle = client.get_workflow_handle(throttle_workflow_id(rse))
     return await handle.query("state", result_type=ThrottleState)
+
+
+async def throttle_loads(client: Client, tapes: Mapping[str, ThrottleLimits]) -> list[ThrottleLoad]:
+    """Each tape's files staging, queued and waiting outside against its limits (the running
+    throttle's own limits; a tape whose throttle never started shows the limits given)."""
+    loads = []
+    for rse, limits in tapes.items():
+        try:
+            loads.append(load_of(await throttle_state(client, rse)))
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            loads.append(ThrottleLoad(rse, False, limits.staging, limits.queued))
+    return loads
 
 
 async def state(client: Client, scope: str, name: str) -> CarouselState:

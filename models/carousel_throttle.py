@@ -103,6 +103,40 @@ class ThrottleInput:
     carry: ThrottleState | None = None
 
 
+@dataclass(frozen=True)
+class ThrottleLoad:
+    """One tape's throttle at a glance (``unembargo carousel throttle-status``)."""
+
+    rse: str
+    # False: no throttle workflow runs for the tape (no request has staged from it yet).
+    running: bool
+    staging_limit: int
+    queued_limit: int
+    # Files granted and not done; files of admitted requests waiting for a grant; files of
+    # requests still waiting to enter the queue.
+    staging: int = 0
+    queued: int = 0
+    outside: int = 0
+    requests: int = 0
+    peak_staging: int = 0
+
+
+def load_of(state: ThrottleState) -> ThrottleLoad:
+    """The counts a throttle's state adds up to."""
+    askers = state.askers
+    return ThrottleLoad(
+        state.rse,
+        True,
+        state.limits.staging,
+        state.limits.queued,
+        staging(askers),
+        sum(a.wanted - a.granted for a in askers if a.admitted),
+        sum(a.wanted - a.granted for a in askers if not a.admitted),
+        len(askers),
+        state.peak_staging,
+    )
+
+
 def staging(askers: list[Asker]) -> int:
     return sum(a.granted - a.done for a in askers)
 
