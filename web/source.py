@@ -110,6 +110,8 @@ class Source(Protocol):
 
     async def count(self, query: str) -> int: ...
 
+    async def count_by_status(self, query: str) -> dict[str, int]: ...
+
     async def page(self, query: str, size: int, token: bytes | None) -> tuple[list[Listed], bytes | None]: ...
 
     async def last_failure(self, workflow_id: str, run_id: str) -> FailureView | None: ...
@@ -185,6 +187,11 @@ class TemporalSource:
 
     async def count(self, query: str) -> int:
         return (await (await self.client()).count_workflows(query)).count
+
+    async def count_by_status(self, query: str) -> dict[str, int]:
+        """How many runs match, by ExecutionStatus ("Running", "Completed", "Failed", ...)."""
+        found = await (await self.client()).count_workflows(f"{query} GROUP BY ExecutionStatus")
+        return {str(g.group_values[0]): g.count for g in found.groups if g.group_values}
 
     async def page(self, query: str, size: int, token: bytes | None) -> tuple[list[Listed], bytes | None]:
         listing = (await self.client()).list_workflows(query, page_size=size, next_page_token=token)

@@ -16,6 +16,7 @@ import binascii
 from collections.abc import Awaitable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from unembargo.models.names import SA_DAY_OBS, SA_INSTRUMENT, SA_STEP
@@ -27,6 +28,7 @@ from unembargo.web.flows import (
     FLOWS,
     RUNNING,
     STATES,
+    UNSUCCESSFUL,
     WAITING,
     Flow,
     closed_between_clause,
@@ -67,37 +69,67 @@ async def _gather(calls: list[Awaitable[int]]) -> list[int]:
     return list(await asyncio.gather(*(one(c) for c in calls)))
 
 
+async def _gather_groups(calls: list[Awaitable[dict[str, int]]]) -> list[dict[str, int]]:
+    gate = asyncio.Semaphore(_CONCURRENCY)
+
+    async def one(call: Awaitable[dict[str, int]]) -> dict[str, int]:
+        async with gate:
+            return await call
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))
+
+
 def midnight(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 async def flow_counts(source: Source, flow: Flow, now: datetime) -> dict[str, Any]:
     """Per step, how many units run, wait (and why), failed, and completed today; the last
-    24 hours' completions per hour. COUNT queries only."""
-    since = done_since_clause(midnight(now))
-    asks: list[tuple[str, str, str | None]] = []
-    for step in flow.steps:
-        for state in COUNT_STATES:
-            if state == DONE_TODAY:
-                asks.append((step, state, f"{flow.query(ALL, step=step)} AND {since}"))
-            else:
-                asks.append((step, state, flow.query(state, step=step)))
+    24 hours' completions per hour. COUNT queries only, grouped by status, and none for what an
+    earlier count says is empty: a flow's cost grows with its steps, not its units."""
+    base = flow.base_query()
     hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    bars = [
-        (hour - timedelta(hours=SPARK_HOURS - i), hour - timedelta(hours=SPARK_HOURS - i - 1))
-        for i in range(SPARK_HOURS)
-    ]
-    spark_queries = [f"{flow.base_query()} AND {closed_between_clause(a, b)}" for a, b in bars]
-    wanted = [q for _, _, q in asks if q is not None] + spark_queries
-    counted = iter(await _gather([source.count(q) for q in wanted]))
-    steps: list[dict[str, Any]] = []
-    for step in flow.steps:
-        counts: dict[str, int] = {}
-        for _step, state, query in asks:
-            if _step == step:
-                counts[state] = next(counted) if query is not None else 0
-        steps.append({"step": step, "waiting_for": _why(flow, step), "counts": counts})
-    throughput = [{"hour": a.isoformat(), "completed": next(counted)} for a, _ in bars]
+    bars = [hour - timedelta(hours=SPARK_HOURS - i) for i in range(SPARK_HOURS + 1)]
+    zero = {state: 0 for state in COUNT_STATES}
+    steps = [{"step": step, "waiting_for": _why(flow, step), "counts": dict(zero)} for step in flow.steps]
+    throughput = [{"hour": a.isoformat(), "completed": 0} for a in bars[:-1]]
+    if sum((await source.count_by_status(base)).values()):
+        today, day = await _gather(
+            [
+                source.count(f"{base} AND {done_since_clause(midnight(now))}"),
+                source.count(f"{base} AND {done_since_clause(bars[0])}"),
+            ]
+        )
+        grouped = await _gather_groups(
+            [source.count_by_status(flow.query(ALL, step=s) or "") for s in flow.steps]
+        )
+        asks: list[tuple[dict[str, int], str, str]] = []
+        for row, groups in zip(steps, grouped, strict=True):
+            counts, step = row["counts"], row["step"]
+            running = groups.get("Running", 0)
+            counts[FAILED] = sum(groups.get(s, 0) for s in UNSUCCESSFUL)
+            if step in flow.waiting_steps:
+                counts[WAITING] = running
+            else:
+                counts[RUNNING] = running
+                if running and flow.waiting_clause is not None:
+                    asks.append((counts, WAITING, flow.query(WAITING, step=step) or ""))
+            if today and groups.get("Completed", 0):
+                asks.append(
+                    (
+                        counts,
+                        DONE_TODAY,
+                        f"{flow.query(ALL, step=step)} AND {done_since_clause(midnight(now))}",
+                    )
+                )
+        bar_queries = [f"{base} AND {closed_between_clause(a, b)}" for a, b in pairwise(bars)] if day else []
+        found = await _gather([source.count(q) for _, _, q in asks] + [source.count(q) for q in bar_queries])
+        for (counts, state, _), n in zip(asks, found[: len(asks)], strict=True):
+            counts[state] = n
+            if state == WAITING:
+                counts[RUNNING] -= n
+        for bar, n in zip(throughput if day else [], found[len(asks) :], strict=True):
+            bar["completed"] = n
     totals = {state: sum(s["counts"][state] for s in steps) for state in COUNT_STATES}
     return {
         "flow": flow.name,

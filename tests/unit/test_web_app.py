@@ -7,7 +7,7 @@ from __future__ import annotations
 import doctest
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -35,6 +35,7 @@ class Fake:
     """Counts by query; one listing; a failed unit's failure; what actions were asked."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)
     rows: list[Listed] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)
     pages: list[tuple[str, int, bytes | None]] = field(default_factory=list)
@@ -43,6 +44,10 @@ class Fake:
     async def count(self, query: str) -> int:
         self.asked.append(query)
         return self.counts.get(query, 0)
+
+    async def count_by_status(self, query: str) -> dict[str, int]:
+        self.asked.append(query)
+        return self.groups.get(query, {})
 
     async def page(self, query: str, size: int, token: bytes | None) -> tuple[list[Listed], bytes | None]:
         self.pages.append((query, size, token))
@@ -115,20 +120,42 @@ def test_state_queries() -> None:
 def test_overview_counts_from_count_queries_and_renders_each_flow() -> None:
     fake = Fake()
     unembargo = flow("unembargo")
-    fake.counts[unembargo.query("failed", step="zip") or ""] = 2
-    fake.counts[unembargo.query("waiting", step="waiting") or ""] = 3
+    fake.groups[unembargo.base_query()] = {"Failed": 2, "Running": 3, "Completed": 1}
+    fake.groups[unembargo.query("all", step="zip") or ""] = {"Failed": 1, "Terminated": 1}
+    fake.groups[unembargo.query("all", step="waiting") or ""] = {"Running": 3}
+    fake.groups[unembargo.query("all", step="done") or ""] = {"Completed": 1}
+    fake.counts = {q: 1 for q in _done_today_queries(unembargo)}
     with app(fake) as http:
         shown = http.get("/api/overview").json()
+        asked = list(fake.asked)
         page = http.get("/").text
         metrics = http.get("/metrics").text
     steps = {s["step"]: s for s in shown["flows"][0]["steps"]}
     assert steps["zip"]["counts"]["failed"] == 2
     assert steps["waiting"]["counts"]["waiting"] == 3 and steps["waiting"]["waiting_for"] == "for raws"
-    assert all(q.startswith("WorkflowType IN (") for q in fake.asked) and not fake.pages
+    assert steps["done"]["counts"]["done_today"] == 1
+    assert sum(b["completed"] for b in shown["flows"][0]["throughput"]) == 1
+    assert all(q.startswith("WorkflowType IN (") for q in asked) and not fake.pages
+    # An empty flow costs one count; a busy one a count per step and a few more, whatever its size.
+    assert sum(q.startswith(flow("fits").base_query()) for q in asked) == 1
+    assert sum(q.startswith(unembargo.base_query()) for q in asked) == 1 + 2 + len(unembargo.steps) + 1 + 24
     for each in FLOWS:
         assert f'<section class="flow" data-flow="{each.name}">' in page
     assert '<td class="count" data-state="done_today">' in page and "<svg" in page
     assert 'unembargo_units{flow="unembargo",step="zip",state="failed"} 2' in metrics
+
+
+def _done_today_queries(unembargo: flows.Flow) -> list[str]:
+    """The queries that find one completion today, in the last 24 h, at step done and in this hour."""
+    now = datetime.now(UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    since = flows.done_since_clause(views.midnight(now))
+    return [
+        f"{unembargo.base_query()} AND {since}",
+        f"{unembargo.base_query()} AND {flows.done_since_clause(hour - timedelta(hours=23))}",
+        f"{unembargo.query('all', step='done')} AND {since}",
+        f"{unembargo.base_query()} AND {flows.closed_between_clause(hour, hour + timedelta(hours=1))}",
+    ]
 
 
 def test_flow_page_lists_one_page_with_failures_and_temporal_links() -> None:
