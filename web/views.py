@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeVar
 
 from unembargo.models.names import SA_DAY_OBS, SA_INSTRUMENT, SA_STEP
 from unembargo.web.config import WebConfig
@@ -36,6 +36,7 @@ from unembargo.web.flows import (
 )
 from unembargo.web.source import Listed, Source, decisions
 
+T = TypeVar("T")
 # The overview's count columns, in order ("done today" is the day's completions).
 DONE_TODAY = "done_today"
 COUNT_STATES = (RUNNING, WAITING, FAILED, DONE_TODAY)
@@ -59,20 +60,11 @@ def _json(value: Any) -> Any:
     return value
 
 
-async def _gather(calls: list[Awaitable[int]]) -> list[int]:
+async def _gather(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Await ``calls``, at most _CONCURRENCY at once, in order."""
     gate = asyncio.Semaphore(_CONCURRENCY)
 
-    async def one(call: Awaitable[int]) -> int:
-        async with gate:
-            return await call
-
-    return list(await asyncio.gather(*(one(c) for c in calls)))
-
-
-async def _gather_groups(calls: list[Awaitable[dict[str, int]]]) -> list[dict[str, int]]:
-    gate = asyncio.Semaphore(_CONCURRENCY)
-
-    async def one(call: Awaitable[dict[str, int]]) -> dict[str, int]:
+    async def one(call: Awaitable[T]) -> T:
         async with gate:
             return await call
 
@@ -91,7 +83,9 @@ async def flow_counts(source: Source, flow: Flow, now: datetime) -> dict[str, An
     hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     bars = [hour - timedelta(hours=SPARK_HOURS - i) for i in range(SPARK_HOURS + 1)]
     zero = {state: 0 for state in COUNT_STATES}
-    steps = [{"step": step, "waiting_for": _why(flow, step), "counts": dict(zero)} for step in flow.steps]
+    steps: list[dict[str, Any]] = [
+        {"step": step, "waiting_for": _why(flow, step), "counts": dict(zero)} for step in flow.steps
+    ]
     throughput = [{"hour": a.isoformat(), "completed": 0} for a in bars[:-1]]
     if sum((await source.count_by_status(base)).values()):
         today, day = await _gather(
@@ -100,9 +94,7 @@ async def flow_counts(source: Source, flow: Flow, now: datetime) -> dict[str, An
                 source.count(f"{base} AND {done_since_clause(bars[0])}"),
             ]
         )
-        grouped = await _gather_groups(
-            [source.count_by_status(flow.query(ALL, step=s) or "") for s in flow.steps]
-        )
+        grouped = await _gather([source.count_by_status(flow.query(ALL, step=s) or "") for s in flow.steps])
         asks: list[tuple[dict[str, int], str, str]] = []
         for row, groups in zip(steps, grouped, strict=True):
             counts, step = row["counts"], row["step"]
