@@ -23,6 +23,8 @@ from unembargo.models.names import SA_CAROUSEL_STATUS, SA_DAY_OBS, SA_INSTRUMENT
 # What a unit may be doing, as the page's filters and counts name it.
 RUNNING, WAITING, FAILED, DONE, ALL = "running", "waiting", "failed", "done", "all"
 STATES = (RUNNING, WAITING, FAILED, DONE, ALL)
+# The query each flow's unit workflow answers with its state (workflows/*.py).
+STATE_QUERY = fits_flow.STATE_QUERY
 # Closed runs that did not complete: each is a unit someone has to look at.
 UNSUCCESSFUL = ("Failed", "TimedOut", "Terminated", "Canceled")
 
@@ -53,6 +55,8 @@ class Flow:
     has_instrument: bool = False
     # The workflow id's prefix: which flow a workflow id belongs to.
     id_prefix: str = ""
+    # The query a running unit answers with its state (every flow's unit but ccat's).
+    state_query: str | None = STATE_QUERY
 
     def base_query(self) -> str:
         kinds = ", ".join(f'"{t}"' for t in self.types)
@@ -190,6 +194,7 @@ FLOWS: tuple[Flow, ...] = (
         waiting_steps=MappingProxyType({ccat.WAITING: "for the bundle to fill"}),
         step_of_activity=_activities(ccat.STEP_OF_ACTIVITY),
         id_prefix="ccat-",
+        state_query=None,
     ),
     Flow(
         name="rawintegrity",

@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from temporalio.api.common.v1 import WorkflowExecution as ExecutionRef
@@ -23,7 +23,7 @@ from temporalio.api.workflowservice.v1 import (
     GetWorkflowExecutionHistoryReverseRequest,
     ResetWorkflowExecutionRequest,
 )
-from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -36,8 +36,10 @@ from unembargo.models.names import SA_INSTRUMENT, SA_OBS_ID
 from unembargo.models.settings import Settings
 from unembargo.web.flows import Flow, flow_of_type
 
-# Bounds on one page's extra calls (each failed row's last failure).
-_CONCURRENCY = 16
+# A running unit's state query is answered by a worker; none may be up.
+_QUERY_TIMEOUT = timedelta(seconds=3)
+# Items of a list field shown; the rest are counted.
+_LIST_ITEMS = 20
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class UnitDetail:
     waiting_for: str | None = None
     # The unit's files and copies, where the flow keeps them in the database.
     copies: list[dict[str, Any]] = field(default_factory=list)
+    # A running unit's own account of itself (its state query): the plain fields.
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,14 @@ class TemporalSource:
             waiting = exposure.waiting_for
         pending = await _pending(client, found, desc) if row.status == "running" else None
         copies = await asyncio.to_thread(self._copies, found, row)
-        return UnitDetail(row, steps, pending, failure, waiting, copies)
+        state: dict[str, Any] = {}
+        if row.status == "running" and found is not None and found.state_query:
+            try:
+                answer = await handle.query(found.state_query, rpc_timeout=_QUERY_TIMEOUT)
+            except (RPCError, WorkflowQueryFailedError):
+                answer = None  # no worker answered in time: the page goes without
+            state = plain_fields(answer)
+        return UnitDetail(row, steps, pending, failure, waiting, copies, state)
 
     def _copies(self, found: Flow | None, row: Listed) -> list[dict[str, Any]]:
         """A ccat package's copies (PhysicalCopy rows, by location); other flows keep none."""
@@ -350,6 +361,23 @@ class TemporalSource:
         else:
             return ActionResult("none", None, f"no decision {decision!r} for a {row.workflow_type}")
         return ActionResult("signalled", row.run_id, f"decision {decision} sent")
+
+
+def plain_fields(answer: object) -> dict[str, Any]:
+    """A state query's answer as the page shows it: numbers, names, flags and short lists of them;
+    nested records are counted, not shown."""
+    if not isinstance(answer, dict):
+        return {}
+    found: dict[str, Any] = {}
+    for key, value in answer.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            found[key] = value
+        elif isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            more = len(value) - _LIST_ITEMS
+            found[key] = ", ".join(map(str, value[:_LIST_ITEMS])) + (f" (+{more} more)" if more > 0 else "")
+        elif isinstance(value, (list, dict)):
+            found[key] = f"{len(value)} entries"
+    return found
 
 
 def decisions(workflow_type: str) -> tuple[str, ...]:

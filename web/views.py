@@ -270,6 +270,7 @@ async def unit_page(config: WebConfig, source: Source, flow: Flow, workflow_id: 
         "pending": _json(detail.pending),
         "failure": _json(detail.failure),
         "copies": _json(detail.copies),
+        "state_fields": _json(detail.state),
         "decisions": list(decisions(detail.listed.workflow_type)),
     }
 

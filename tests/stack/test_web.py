@@ -240,6 +240,8 @@ def test_unit_pages_show_timeline_failure_and_stack_trace(
     assert "step <b>register</b>" in stuck and 'class="attempt"' in stuck
     shown = http.get(f"/api/flows/unembargo/units/{scenes.stuck}").json()
     assert shown["pending"]["attempt"] >= 2 and shown["pending"]["failure"]["message"]
+    # The run's own account (its state query), answered by the worker.
+    assert shown["state_fields"]["current"] == "register" and 'class="unit-state"' in stuck
     wait = http.get(f"/api/flows/unembargo/units/{scenes.waiting}").json()
     assert wait["state"] == "waiting" and "2 of 3" in (wait["waiting_for"] or "")
     get(http, rendered, f"/flows/unembargo/units/{scenes.waiting}")
