@@ -22,7 +22,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
+from temporalio.service import RPCError
 
+from unembargo.engine.connection import unanswered as unanswered_reason
+from unembargo.engine.errors import SourceUnavailable, TemporalUnreachable
 from unembargo.models.names import InvalidName
 from unembargo.web import views
 from unembargo.web.auth import COOKIE, authorized, cookie_value, who
@@ -229,6 +232,14 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
         done.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="strict")
         return done
 
+    async def unanswered(request: Request, exc: Exception) -> Response:
+        """Temporal (or the database) did not answer: say so, with a 503, not a traceback."""
+        reason = unanswered_reason(exc) or f"{type(exc).__name__}"
+        log.warning("%s %s: %s", request.method, request.url.path, reason)
+        if request.url.path.startswith(("/api/", "/metrics")):
+            return JSONResponse({"error": reason}, status_code=503)
+        return page(request, "error.html", status_code=503, message=f"not available now: {reason}")
+
     unit_path = "/flows/{flow}/units/{workflow_id:path}"
     routes = [
         Route(f"/api{unit_path}/retry", action("retry"), methods=["POST"]),
@@ -247,4 +258,11 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/login", login, methods=["GET", "POST"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            TemporalUnreachable: unanswered,
+            RPCError: unanswered,
+            SourceUnavailable: unanswered,
+        },
+    )

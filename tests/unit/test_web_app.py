@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from unembargo.client.locations import Poller, QueueHealth, QueueRow
+from unembargo.engine.errors import TemporalUnreachable
 from unembargo.models.settings import Settings
 from unembargo.web import flows, views
 from unembargo.web.app import create_app
@@ -246,6 +247,17 @@ def test_actions_with_the_token_are_done_and_logged_without_it(caplog: pytest.Lo
     assert [a["action"] for a in logged] == ["signal", "reset", "retry"]
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "retry of unembargo/unembargo-LSSTCam-A: restarted" in text and TOKEN not in text
+
+
+def test_temporal_down_is_a_503_saying_so() -> None:
+    class Down(Fake):
+        async def count_by_status(self, query: str) -> dict[str, int]:
+            raise TemporalUnreachable("cannot reach Temporal at 127.0.0.1:7233: Connection refused")
+
+    with app(Down()) as http:
+        page, shown = http.get("/"), http.get("/api/overview")
+    assert page.status_code == shown.status_code == 503
+    assert "Connection refused" in page.text and "Connection refused" in shown.json()["error"]
 
 
 def test_no_page_shows_the_token() -> None:
