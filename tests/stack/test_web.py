@@ -72,6 +72,8 @@ async def scenes(module_settings: Settings) -> Any:
     locations = add_locations(settings, "web")
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
     env = {"AWS_SECRET_ACCESS_KEY": S3_SECRET}
+    # Every workflow started here, terminated at the end if it still runs (after a reset, say).
+    started: list[str] = []
     both = WorkerProcess(settings, locations, env=env)
     try:
         done = seed_small(settings, fresh_day(), 1)
@@ -80,6 +82,7 @@ async def scenes(module_settings: Settings) -> Any:
         plant_foreign_zip(in_the_way)
         completed = await start_one(client, settings, done, FAST)
         failed = await start_one(client, settings, bad, FAST)
+        started += [completed.id, failed.id]
         await completed.result()
         await poll_until(lambda: _closed(client, failed.id), timeout=120, what="the zip to fail the run")
     finally:
@@ -89,10 +92,12 @@ async def scenes(module_settings: Settings) -> Any:
     try:
         slow = seed_small(settings, fresh_day(), 3)
         stuck = await start_one(client, settings, slow, FAST)
+        started.append(stuck.id)
         partial = seed_exposure(
             settings, fresh_day(), 4, detectors=SMALL[:2], expected=SMALL, file_size=8 * 1024
         )
         waiting = await start_one(client, settings, partial, WAITING_LONG)
+        started.append(waiting.id)
 
         async def ready() -> bool:
             now = await exposure_status(client, "LSSTCam", slow.obs_id)
@@ -102,7 +107,7 @@ async def scenes(module_settings: Settings) -> Any:
         await poll_until(ready, timeout=180, what="register to be retried and the partial one to wait")
         yield Scenes(settings, locations, completed.id, failed.id, stuck.id, waiting.id, in_the_way)
     finally:
-        for wid in (failed.id, stuck.id, waiting.id):
+        for wid in started:
             handle = client.get_workflow_handle(wid)
             if (await handle.describe()).close_time is None:
                 await handle.terminate("test over")
@@ -274,13 +279,21 @@ def test_actions_refuse_without_the_token_and_are_done_and_logged_with_it(
     with caplog.at_level(logging.INFO, logger="unembargo.web.actions"):
         restarted = http.post(retry, headers=bearer).json()
         reset = http.post(f"/api/flows/unembargo/units/{scenes.stuck}/retry", headers=bearer).json()
+        to_tag = http.post(
+            f"/api/flows/unembargo/units/{scenes.completed}/reset", headers=bearer, data={"step": "tag"}
+        ).json()
     assert restarted["outcome"] == "restarted" and restarted["run_id"] != before
     assert reset["outcome"] == "reset"
+    # A reset to a step: a new run from just before the step's activity was first scheduled.
+    assert to_tag["outcome"] == "reset" and to_tag["step"] == "tag"
+    again = http.get(f"/api/flows/unembargo/units/{scenes.completed}").json()
+    assert again["run_id"] == to_tag["run_id"] and again["status"] == "running"
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"retry of unembargo/{scenes.failed}: restarted" in logged
     assert f"retry of unembargo/{scenes.stuck}: reset" in logged and TOKEN not in logged
     actions = http.get("/api/actions", headers=bearer).json()["actions"]
-    assert [(a["workflow_id"], a["outcome"]) for a in actions[:2]] == [
+    assert [(a["workflow_id"], a["outcome"]) for a in actions[:3]] == [
+        (scenes.completed, "reset"),
         (scenes.stuck, "reset"),
         (scenes.failed, "restarted"),
     ]
