@@ -232,7 +232,7 @@ async def test_stage_dataset_one_message_per_file_in_availability_order(
                 # A second request for the same dataset, half of it announced, joins the first:
                 # the same workflow, no second rule, no file announced again.
                 again = await api.stage(client, c.settings, c.queues, req, policy)
-                assert again.id == handle.id
+                assert (again.id, again.result_run_id) == (handle.id, handle.result_run_id)
                 await wait_state(client, c, dataset, lambda s: s.requests == 2, "the second request joined")
             carousel_copy.stage_file(c.rucio, c.scope, name, c.tape_rse, c.disk_rse)
             received += messages(sub, 1, 30)
