@@ -16,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from temporalio.api.common.v1 import WorkflowExecution as ExecutionRef
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, TaskQueueType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import (
+    DescribeTaskQueueRequest,
     GetWorkflowExecutionHistoryReverseRequest,
     ResetWorkflowExecutionRequest,
 )
@@ -247,7 +249,12 @@ class TemporalSource:
         pending = await _pending(client, found, desc) if row.status == "running" else None
         copies = await asyncio.to_thread(self._copies, found, row)
         state: dict[str, Any] = {}
-        if row.status == "running" and found is not None and found.state_query:
+        if (
+            row.status == "running"
+            and found is not None
+            and found.state_query
+            and await _polled(client, desc.task_queue)
+        ):
             try:
                 answer = await handle.query(found.state_query, rpc_timeout=_QUERY_TIMEOUT)
             except (RPCError, WorkflowQueryFailedError):
@@ -361,6 +368,18 @@ class TemporalSource:
         else:
             return ActionResult("none", None, f"no decision {decision!r} for a {row.workflow_type}")
         return ActionResult("signalled", row.run_id, f"decision {decision} sent")
+
+
+async def _polled(client: Client, queue: str) -> bool:
+    """Whether some worker polls ``queue`` for workflow tasks: else a query waits its whole timeout."""
+    resp = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return bool(resp.pollers)
 
 
 def plain_fields(answer: object) -> dict[str, Any]:
