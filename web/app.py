@@ -70,7 +70,9 @@ def _environment() -> Environment:
 
 def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
     """The application; ``source`` defaults to the real services (TemporalSource)."""
-    data: Source = source if source is not None else TemporalSource(config.settings)
+    data: Source = (
+        source if source is not None else TemporalSource(config.settings, count_ttl=config.count_ttl)
+    )
     env = _environment()
     recent: deque[dict[str, Any]] = deque(maxlen=RECENT_ACTIONS)
 

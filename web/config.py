@@ -35,6 +35,8 @@ class WebConfig:
     token: SecretStr | None = field(default=None, repr=False)
     # Units per page of a flow's list.
     page_size: int = 50
+    # Seconds a visibility count is reused (0: every page asks afresh).
+    count_ttl: float = 5.0
 
     @property
     def temporal_address(self) -> str:

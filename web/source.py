@@ -9,8 +9,9 @@ unit tests answer from a small fake.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -38,6 +39,9 @@ from unembargo.models.names import SA_INSTRUMENT, SA_OBS_ID
 from unembargo.models.settings import Settings
 from unembargo.web.flows import Flow, flow_of_type
 
+# Counts are reused for WebConfig.count_ttl seconds: an overview, its flow pages and a metrics
+# scrape within seconds of each other ask visibility once. At most this many are kept.
+_CACHED_COUNTS = 4096
 # A running unit's state query is answered by a worker; none may be up.
 _QUERY_TIMEOUT = timedelta(seconds=3)
 # Items of a list field shown; the rest are counted.
@@ -180,10 +184,12 @@ _FAILURE_EVENTS = {
 class TemporalSource:
     """The real sources: one Temporal client (made on first use) and the project's database."""
 
-    def __init__(self, settings: Settings, client: Client | None = None) -> None:
+    def __init__(self, settings: Settings, client: Client | None = None, count_ttl: float = 5.0) -> None:
         self.settings = settings
         self._client = client
         self._lock = asyncio.Lock()
+        self._ttl = count_ttl
+        self._counted: dict[str, tuple[float, Any]] = {}
 
     async def client(self) -> Client:
         async with self._lock:
@@ -192,12 +198,31 @@ class TemporalSource:
             return self._client
 
     async def count(self, query: str) -> int:
-        return (await (await self.client()).count_workflows(query)).count
+        return int(await self._cached(query, self._count))
 
     async def count_by_status(self, query: str) -> dict[str, int]:
         """How many runs match, by ExecutionStatus ("Running", "Completed", "Failed", ...)."""
-        found = await (await self.client()).count_workflows(f"{query} GROUP BY ExecutionStatus")
+        found: dict[str, int] = await self._cached(f"{query} GROUP BY ExecutionStatus", self._groups)
+        return found
+
+    async def _count(self, query: str) -> int:
+        return (await (await self.client()).count_workflows(query)).count
+
+    async def _groups(self, query: str) -> dict[str, int]:
+        found = await (await self.client()).count_workflows(query)
         return {str(g.group_values[0]): g.count for g in found.groups if g.group_values}
+
+    async def _cached(self, query: str, ask: Callable[[str], Awaitable[Any]]) -> Any:
+        """``ask(query)``, or its answer of less than ``count_ttl`` seconds ago."""
+        now = time.monotonic()
+        hit = self._counted.get(query)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        value = await ask(query)
+        if len(self._counted) > _CACHED_COUNTS:
+            self._counted = {q: v for q, v in self._counted.items() if now - v[0] < self._ttl}
+        self._counted[query] = (now, value)
+        return value
 
     async def page(self, query: str, size: int, token: bytes | None) -> tuple[list[Listed], bytes | None]:
         listing = (await self.client()).list_workflows(query, page_size=size, next_page_token=token)

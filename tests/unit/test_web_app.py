@@ -21,7 +21,7 @@ from unembargo.web import flows, views
 from unembargo.web.app import create_app
 from unembargo.web.config import WebConfig
 from unembargo.web.flows import FLOWS, flow
-from unembargo.web.source import ActionResult, FailureView, Listed, StepView, UnitDetail
+from unembargo.web.source import ActionResult, FailureView, Listed, StepView, TemporalSource, UnitDetail
 
 TOKEN = "web-token-" + "x" * 20
 NOW = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
@@ -273,3 +273,15 @@ def test_no_page_shows_the_token() -> None:
         ):
             assert TOKEN not in http.get(path).text, path
     assert TOKEN not in repr(WebConfig(token=SecretStr(TOKEN)))
+
+
+async def test_counts_are_reused_for_count_ttl_seconds_only() -> None:
+    asked: list[str] = []
+
+    async def ask(query: str) -> int:
+        asked.append(query)
+        return len(asked)
+
+    reused, fresh = TemporalSource(Settings(), count_ttl=60), TemporalSource(Settings(), count_ttl=0)
+    assert [await reused._cached("q", ask) for _ in range(3)] == [1, 1, 1]
+    assert [await fresh._cached("q", ask) for _ in range(2)] == [2, 3]
