@@ -9,16 +9,19 @@ exposure's folder (raws, guider raws, sidecars, expectedSensors, anything else),
 under its key relative to the folder, plus ``_butler_zip_index.json`` (so
 ``Butler.ingest_zip`` takes it as it is) and ``_metadata_index.json`` (the raws'
 headers). Done when that file exists and matches the folder's listing: member
-names, sizes and, where the ETag is an md5, checksums.
+names, sizes and checksums (as each object is read, S3's own CRC32 of it, else the
+ETag where it is an md5; for a zip already there, the md5 where the ETag is one).
 
 The zip streams to a staging file beside the final name while objects download
-in parallel, is checksummed as it is written, and is installed with a hard link
+in parallel (each checked by S3's CRC32 or its md5 in the download threads), is
+checksummed (md5, adler32) in the thread that writes it, and is installed with a hard link
 that never replaces anything. A crash at any instant leaves either nothing under
 the final name or the complete, verified zip.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import zipfile
 from contextlib import closing
@@ -192,11 +195,14 @@ class ZipActivities:
         ]
         count = len(members) + len(INDEX_NAMES)
         stamp = max(obj.last_modified for obj in folder.members.values())
-        with destination.staged(final) as (raw_file, staging), WriteBehind(raw_file) as behind:
-            out = destination.ChecksumWriter(behind)
-            self._write(out, members, index, stamp, folder)
-            out.flush()
-            file = FileReceipt(relpath=relpath, size=out.size, md5=out.md5, adler32=out.adler32)
+        with destination.staged(final) as (raw_file, staging):
+            # adler32 as the bytes are written, md5 in a thread of its own.
+            sums = destination.ChecksumWriter(raw_file, md5=False)
+            md5 = hashlib.md5(usedforsecurity=False)
+            with WriteBehind(sums, md5.update) as behind:
+                self._write(behind, members, index, stamp, folder)
+                behind.flush()
+            file = FileReceipt(relpath=relpath, size=sums.size, md5=md5.hexdigest(), adler32=sums.adler32)
             self.resources.record(exp, Step.ZIP, "install")
             installed = destination.install(staging, final)
         if not installed:
@@ -210,7 +216,7 @@ class ZipActivities:
 
     def _write(
         self,
-        out: destination.ChecksumWriter,
+        out: WriteBehind,
         members: list[Member],
         index: ZipIndex,
         stamp: datetime,
@@ -224,10 +230,10 @@ class ZipActivities:
             add_member(zf, BUTLER_INDEX, index.model_dump_json().encode(), stamp)
             fetched = in_order(lambda m: fetch_member(s3, folder, m), members)
             with closing(fetched):
-                for done, (member, (data, header)) in enumerate(fetched, start=1):
-                    add_member(zf, member.name, data, member.obj.last_modified)
-                    if header is not None:
-                        headers[member.name] = header
+                for done, (member, got) in enumerate(fetched, start=1):
+                    add_member(zf, member.name, got.data, member.obj.last_modified, got.crc32)
+                    if got.header is not None:
+                        headers[member.name] = got.header
                     if done == 1:
                         checkpoint(Step.ZIP, "acting")
                     progress.beat(f"{done}/{len(members)} members written")

@@ -36,18 +36,20 @@ class ChecksumWriter:
     """A write-only, non-seekable file wrapper computing md5 and adler32 on the fly.
 
     Being non-seekable makes ``zipfile`` stream (data descriptors, no seek-back),
-    so every byte passes through here exactly once.
+    so every byte passes through here exactly once. With ``md5=False`` the caller
+    takes the md5 elsewhere (another thread) and ``md5`` is not available.
     """
 
-    def __init__(self, raw: Sink) -> None:
+    def __init__(self, raw: Sink, md5: bool = True) -> None:
         self._raw = raw
-        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         self._adler = 1
         self.size = 0
 
     def write(self, data: bytes) -> int:
         self._raw.write(data)
-        self._md5.update(data)
+        if self._md5 is not None:
+            self._md5.update(data)
         self._adler = zlib.adler32(data, self._adler)
         self.size += len(data)
         return len(data)
@@ -66,6 +68,8 @@ class ChecksumWriter:
 
     @property
     def md5(self) -> str:
+        if self._md5 is None:
+            raise AttributeError("this writer takes no md5")
         return self._md5.hexdigest()
 
     @property

@@ -1,13 +1,16 @@
 """The embargo bucket, read only: list an exposure's folder, read objects back verified.
 
 Every object read is checked against the listing it came from: its byte count,
-and its md5 when the ETag is a plain md5 (a multipart ETag, ``<md5>-<parts>``,
-is not the md5 of the object). Reads ask for the listed ETag (``If-Match``), so
-an object replaced after the listing is noticed instead of zipped.
+and its content against S3's own full-object checksum where the object has one
+(boto3 uploads a CRC32 by default; botocore checks the body while reading it, at
+C speed), else against its md5 when the ETag is a plain md5 (a multipart ETag,
+``<md5>-<parts>``, is not the md5 of the object). Reads ask for the listed ETag
+(``If-Match``), so an object replaced after the listing is noticed instead of zipped.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.compat import HAS_CRT
+from botocore.exceptions import ClientError, FlexibleChecksumError
 
 from unembargo.models.errors import SourceMismatch
 
@@ -37,9 +41,8 @@ LOOPBACK_KEYS = {
 def connect(endpoint_url: str | None) -> S3Client:
     """A boto3 S3 client (thread-safe) for ``endpoint_url``.
 
-    It checks a read's body against S3's own checksum only when asked to
-    (``ChecksumMode``): reads whose md5 is checked against the listing need no
-    second pass over their bytes.
+    It checks a read's body against S3's own checksum when asked to
+    (``ChecksumMode``, which ``read_verified`` always sends).
     """
     import boto3
     from botocore.config import Config
@@ -71,6 +74,10 @@ def use_loopback_credentials(endpoint_url: str | None) -> None:
 
 
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+# S3 checksums botocore checks a body against while reading it (CRC32C and CRC64NVME
+# need awscrt). A composite one, ``<base64>-<parts>`` of a multipart upload's parts,
+# it cannot check.
+_CHECKED = ("crc32", "sha1", "sha256", *(("crc32c", "crc64nvme") if HAS_CRT else ()))
 # Reads of one object that disagree with the listing before it counts as broken.
 READ_ATTEMPTS = 3
 
@@ -114,12 +121,13 @@ def _iter_folder(client: S3Client, bucket: str, prefix: str) -> Iterator[S3Objec
             )
 
 
-def disagreement(obj: S3Object, data: bytes) -> str | None:
-    """How ``data`` differs from the listing of ``obj`` (size, then md5), or None."""
+def disagreement(obj: S3Object, data: bytes, md5: bool = True) -> str | None:
+    """How ``data`` differs from the listing of ``obj`` (size, then md5 unless its content
+    was checked otherwise), or None."""
     if len(data) != obj.size:
         return f"{len(data)} bytes where the listing says {obj.size}"
     expected = obj.md5
-    if expected is not None:
+    if md5 and expected is not None:
         actual = hashlib.md5(data, usedforsecurity=False).hexdigest()
         if actual != expected:
             return f"md5 {actual} where the ETag says {expected}"
@@ -127,7 +135,13 @@ def disagreement(obj: S3Object, data: bytes) -> str | None:
 
 
 def read_verified(client: S3Client, bucket: str, obj: S3Object) -> bytes:
-    """The bytes of ``obj``, checked against its listing.
+    """The bytes of ``obj``, checked against its listing (``read_checked``)."""
+    return read_checked(client, bucket, obj)[0]
+
+
+def read_checked(client: S3Client, bucket: str, obj: S3Object) -> tuple[bytes, int | None]:
+    """The bytes of ``obj``, checked against its listing, and their CRC-32 where S3's
+    CRC32 of the object vouched for them (else None).
 
     A read that disagrees is tried again: if every read comes back wrong in the
     same way, the object itself is bad (SourceMismatch, an operator must look);
@@ -135,10 +149,14 @@ def read_verified(client: S3Client, bucket: str, obj: S3Object) -> bytes:
     """
     seen: set[str] = set()
     for _ in range(READ_ATTEMPTS):
-        data = _get(client, bucket, obj)
-        problem = disagreement(obj, data)
+        try:
+            data, checked, crc = _get(client, bucket, obj)
+        except FlexibleChecksumError:
+            problem: str | None = "a body that does not match S3's checksum of the object"
+        else:
+            problem = disagreement(obj, data, md5=not checked)
         if problem is None:
-            return data
+            return data, crc
         seen.add(problem)
     if len(seen) == 1:
         raise SourceMismatch(
@@ -152,12 +170,13 @@ def read_verified(client: S3Client, bucket: str, obj: S3Object) -> bytes:
     )
 
 
-def _get(client: S3Client, bucket: str, obj: S3Object) -> bytes:
-    # Without an md5 to check (a multipart ETag), S3's own checksum of the body, where
-    # the object has one; with it, the md5 alone.
-    checksum = {} if obj.md5 is not None else {"ChecksumMode": "ENABLED"}
+def _get(client: S3Client, bucket: str, obj: S3Object) -> tuple[bytes, bool, int | None]:
+    """The object's bytes, whether botocore checked them against S3's checksum, and
+    S3's full-object CRC32 of them if that is one it checked."""
     try:
-        response = client.get_object(Bucket=bucket, Key=obj.key, IfMatch=f'"{obj.etag}"', **checksum)
+        response = client.get_object(
+            Bucket=bucket, Key=obj.key, IfMatch=f'"{obj.etag}"', ChecksumMode="ENABLED"
+        )
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
         if code in ("PreconditionFailed", "412", "NoSuchKey"):
@@ -167,7 +186,18 @@ def _get(client: S3Client, bucket: str, obj: S3Object) -> bytes:
             ) from None
         raise
     with response["Body"] as body:
-        return body.read()
+        data = body.read()
+    checked = s3_checked(response)
+    crc = response["ResponseMetadata"]["HTTPHeaders"].get("x-amz-checksum-crc32") if checked else None
+    return data, checked, (int.from_bytes(base64.b64decode(crc), "big") if crc and "-" not in crc else None)
+
+
+def s3_checked(response: dict[str, Any]) -> bool:
+    """Whether a GetObject response carries a full-object checksum botocore checks the body
+    against (it raises FlexibleChecksumError from ``read`` where they differ)."""
+    headers = response["ResponseMetadata"]["HTTPHeaders"]
+    values = [headers.get(f"x-amz-checksum-{name}") for name in _CHECKED]
+    return any(value and "-" not in value for value in values)
 
 
 def list_subfolders(client: S3Client, bucket: str, prefix: str) -> list[str]:

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from lsst.daf.butler import (
     Butler,
@@ -34,8 +34,8 @@ from lsst.resources import ResourcePath
 from unembargo.adapters import destination
 from unembargo.adapters.butler import RAW_TYPES, exposure_record
 from unembargo.adapters.disk_source import read_disk_verified
-from unembargo.adapters.headers import METADATA_INDEX, raw_metadata
-from unembargo.adapters.s3 import S3Client, S3Object, read_verified
+from unembargo.adapters.headers import METADATA_INDEX, is_fits, raw_metadata
+from unembargo.adapters.s3 import S3Client, S3Object, read_checked, read_verified
 from unembargo.models.errors import (
     RERUN,
     SourceMismatch,
@@ -410,28 +410,37 @@ def _member_differences(zf: zipfile.ZipFile, info: zipfile.ZipInfo, obj: S3Objec
 
 
 class WriteBehind:
-    """A file whose writes happen in a side thread, so checksumming the next member
-    overlaps writing this one (each alone is slower than the disk). At most
-    QUEUED writes wait; ``flush`` waits for all and raises the first write error."""
+    """A file whose writes happen in a side thread, and each of ``also`` (the zip's md5)
+    is fed the same bytes in a thread of its own, so the checksums Rucio needs (the
+    slowest part of the zip) run beside the thread that frames the members and beside
+    each other. At most QUEUED chunks wait per thread; ``flush`` waits for all and
+    raises the first error. Not seekable, so ``zipfile`` streams through it."""
 
-    QUEUED = 2
+    QUEUED = 4
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: destination.Sink, *also: Callable[[bytes], object]) -> None:
         self._raw = raw
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self.QUEUED)
+        self.size = 0
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="zip-write", daemon=True)
-        self._thread.start()
+        self._queues: list[queue.Queue[bytes | None]] = []
+        self._threads: list[threading.Thread] = []
+        for i, consume in enumerate((raw.write, *also)):
+            q: queue.Queue[bytes | None] = queue.Queue(maxsize=self.QUEUED)
+            name = "zip-write" if i == 0 else f"zip-sum-{i}"
+            thread = threading.Thread(target=self._run, args=(q, consume), name=name, daemon=True)
+            self._queues.append(q)
+            self._threads.append(thread)
+            thread.start()
 
-    def _run(self) -> None:
-        while (data := self._queue.get()) is not None:
+    def _run(self, q: queue.Queue[bytes | None], consume: Callable[[bytes], object]) -> None:
+        while (data := q.get()) is not None:
             if self._error is None:
                 try:
-                    self._raw.write(data)
+                    consume(data)
                 except BaseException as err:  # noqa: BLE001 - handed to the writing thread
                     self._error = err
-            self._queue.task_done()
-        self._queue.task_done()
+            q.task_done()
+        q.task_done()
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -439,11 +448,24 @@ class WriteBehind:
 
     def write(self, data: bytes) -> int:
         self._raise()
-        self._queue.put(bytes(data))
-        return len(data)
+        chunk = bytes(data)
+        for q in self._queues:
+            q.put(chunk)
+        self.size += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self.size
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Nothing to do: whoever opened the wrapped file closes it."""
 
     def flush(self) -> None:
-        self._queue.join()
+        for q in self._queues:
+            q.join()
         self._raise()
         self._raw.flush()
 
@@ -451,8 +473,10 @@ class WriteBehind:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        for q in self._queues:
+            q.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 class ByteBudget:
@@ -530,19 +554,61 @@ def in_order(
         budget.give(held)
 
 
-def fetch_member(s3: S3Client, folder: Folder, member: Member) -> tuple[bytes, dict[str, Any] | None]:
-    """One object's verified bytes, and for a raw its checked header metadata."""
-    data = folder.read(s3, member.obj)
-    return data, (raw_metadata(member.name, data) if member.raw else None)
+@dataclass(frozen=True)
+class Fetched:
+    """One member's verified bytes, their CRC-32 where S3's own CRC32 of the object
+    vouched for them (the zip's CRC is then S3's, not computed again), and for a raw
+    its checked header metadata."""
+
+    data: bytes
+    crc32: int | None
+    header: dict[str, Any] | None
 
 
-def add_member(zf: zipfile.ZipFile, name: str, data: bytes, when: datetime) -> None:
-    """Write one member, stored (raws are already compressed or incompressible noise)."""
+def fetch_member(s3: S3Client, folder: Folder, member: Member) -> Fetched:
+    """One object read and checked against its listing (in a download thread)."""
+    if folder.root is not None:
+        data, crc = read_disk_verified(folder.root, member.obj), None
+    else:
+        data, crc = read_checked(s3, folder.bucket, member.obj)
+    return Fetched(data, crc, raw_metadata(member.name, data) if member.raw else None)
+
+
+def add_member(zf: zipfile.ZipFile, name: str, data: bytes, when: datetime, crc32: int | None = None) -> None:
+    """Write one member: FITS stored (raws are already compressed or incompressible noise,
+    and the butler reads them in place), anything else (sidecars, indexes) DEFLATEd, as
+    the cron tool's zips have them. A stored member whose CRC-32 is known is written
+    with it, without a second pass over its bytes."""
     t = when.astimezone(UTC)
     info = zipfile.ZipInfo(name, date_time=(max(t.year, 1980), t.month, t.day, t.hour, t.minute, t.second))
-    info.compress_type = zipfile.ZIP_STORED
+    info.compress_type = zipfile.ZIP_STORED if is_fits(name) else zipfile.ZIP_DEFLATED
     info.external_attr = 0o644 << 16
-    zf.writestr(info, data)
+    if crc32 is not None and info.compress_type == zipfile.ZIP_STORED:
+        _add_stored(zf, info, data, crc32)
+    else:
+        zf.writestr(info, data)
+
+
+def _add_stored(zf: zipfile.ZipFile, info: zipfile.ZipInfo, data: bytes, crc32: int) -> None:
+    """``zf.writestr`` of a stored member with its CRC-32 given: the local header with
+    the sizes and CRC (no data descriptor), the bytes, and the entry the central
+    directory is written from, as ``zipfile`` itself does for a member it writes."""
+    info.file_size = info.compress_size = len(data)
+    info.CRC = crc32
+    info.flag_bits = 0
+    with zf._lock:  # type: ignore[attr-defined]
+        if zf._writing:  # type: ignore[attr-defined]
+            raise ValueError("can't write to the zip while another member is open for writing")
+        zf._writecheck(info)  # type: ignore[attr-defined]
+        zf._didModify = True  # type: ignore[attr-defined]
+        fp = zf.fp
+        assert fp is not None
+        info.header_offset = fp.tell()
+        fp.write(info.FileHeader(None))
+        fp.write(data)
+        zf.filelist.append(info)
+        zf.NameToInfo[info.filename] = info
+        zf.start_dir = fp.tell()
 
 
 def names_text(items: list[str]) -> str:

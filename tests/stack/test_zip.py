@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +28,7 @@ from unembargo.activities.context import Resources
 from unembargo.activities.zip import ZipActivities
 from unembargo.adapters import destination
 from unembargo.adapters.headers import METADATA_INDEX
-from unembargo.adapters.s3 import S3Object, SourceChanged, list_folder, read_verified
+from unembargo.adapters.s3 import S3Object, SourceChanged, list_folder, read_checked, read_verified
 from unembargo.adapters.zipping import (
     BUTLER_INDEX,
 )
@@ -130,15 +131,16 @@ def zipped(module_settings: Settings, resources: Resources) -> Zipped:
 
 
 def test_zip_matches_listing(resources: Resources, module_settings: Settings, zipped: Zipped) -> None:
-    """The real zip step against real S3 writes every object of the folder, stored, with the listing's
-    sizes and md5s, progress heartbeats, one install."""
+    """The real zip step against real S3 writes every object of the folder (FITS stored, sidecars
+    DEFLATEd) with the listing's sizes and md5s, progress heartbeats, one install."""
     listing = _listing(module_settings, zipped.seeded)
     with zipfile.ZipFile(zipped.final) as zf:
         infos = {info.filename: info for info in zf.infolist()}
         assert set(infos) == set(listing) | {BUTLER_INDEX, METADATA_INDEX}
         for name, obj in listing.items():
             assert infos[name].file_size == obj.size
-            assert infos[name].compress_type == zipfile.ZIP_STORED
+            fits = name.endswith(".fits")
+            assert infos[name].compress_type == (zipfile.ZIP_STORED if fits else zipfile.ZIP_DEFLATED)
             assert hashlib.md5(zf.read(name)).hexdigest() == obj.etag
     receipt = zipped.receipt
     size, md5, adler32 = destination.checksums(zipped.final)
@@ -359,10 +361,12 @@ def test_reads_are_checked_against_the_listing(module_settings: Settings, zipped
         read_verified(client, module_settings.s3_bucket, replace(obj, size=obj.size + 1))
 
 
-def test_reads_ask_for_the_s3_checksum_only_without_an_md5(
+def test_reads_are_checked_by_the_s3_checksum_else_the_md5(
     resources: Resources, module_settings: Settings, zipped: Zipped
 ) -> None:
-    """Each object is checked once: by the listing's md5, or (a multipart ETag) by S3's checksum."""
+    """Each read asks for S3's checksum: an object with a full-object CRC32 (boto3's default) is
+    checked by it and its CRC-32 handed on for the zip; one without (a multipart upload's composite
+    checksum) by its bytes alone, or its md5 where the ETag is one."""
     client, bucket = resources.s3, module_settings.s3_bucket
     key = "multipart-upload/part.bin"
     body = b"multipart " * 1000
@@ -384,9 +388,10 @@ def test_reads_ask_for_the_s3_checksum_only_without_an_md5(
 
     client.meta.events.register("before-send.s3.GetObject", sent)
     try:
-        read_verified(client, bucket, plain)
-        assert read_verified(client, bucket, multipart) == body
+        data, crc = read_checked(client, bucket, plain)
+        assert crc == zlib.crc32(data) and hashlib.md5(data).hexdigest() == plain.etag
+        assert read_checked(client, bucket, multipart) == (body, None)
     finally:
         client.meta.events.unregister("before-send.s3.GetObject", sent)
         client.delete_object(Bucket=bucket, Key=key)
-    assert [m.decode() if isinstance(m, bytes) else m for m in modes] == [None, "ENABLED"]
+    assert [m.decode() if isinstance(m, bytes) else m for m in modes] == ["ENABLED", "ENABLED"]

@@ -10,22 +10,26 @@ import hashlib
 import io
 import os
 import threading
+import zipfile
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from botocore.exceptions import FlexibleChecksumError
 from lsst.resources import ResourcePath
 
 from unembargo.adapters.disk_source import list_disk_folder, read_disk_verified, with_md5
 from unembargo.adapters.headers import raw_metadata
-from unembargo.adapters.s3 import S3Object, SourceChanged
+from unembargo.adapters.s3 import S3Object, SourceChanged, read_verified
 from unembargo.adapters.zipping import (
     ByteBudget,
     Folder,
     Member,
     WriteBehind,
     _artifact_member,
+    add_member,
     disk_folder_of,
     folder_members,
     in_order,
@@ -142,6 +146,58 @@ def test_write_behind_keeps_order_and_hands_back_write_errors(tmp_path: Path) ->
             behind.write(b"x" * 1000)
         behind.flush()
     assert caught.value.errno == errno.ENOSPC
+
+
+def test_write_behind_feeds_every_consumer_the_same_bytes(tmp_path: Path) -> None:
+    """The md5 taken in its own thread is the md5 of the bytes written."""
+    path = tmp_path / "out"
+    md5 = hashlib.md5()
+    with open(path, "wb") as raw, WriteBehind(raw, md5.update) as behind:
+        for i in range(200):
+            behind.write(os.urandom(i * 97))
+        behind.flush()
+    assert md5.hexdigest() == hashlib.md5(path.read_bytes()).hexdigest()
+    assert behind.tell() == path.stat().st_size
+
+
+def test_members_with_a_known_crc_are_written_with_it(tmp_path: Path) -> None:
+    """A stored member written with S3's CRC-32 reads back; the CRC guards its bytes (a CRC
+    that is not theirs fails the read). Sidecars are DEFLATEd, FITS stored."""
+    when = datetime(2025, 12, 31, tzinfo=UTC)
+    fits, sidecar = os.urandom(100_000), b'{"a": 1}' * 100
+    path = tmp_path / "z.zip"
+    with open(path, "wb") as raw, WriteBehind(raw) as behind:
+        with zipfile.ZipFile(behind, "w") as zf:
+            add_member(zf, "a.fits", fits, when, zlib.crc32(fits))
+            add_member(zf, "a.json", sidecar, when, zlib.crc32(sidecar))
+            add_member(zf, "bad.fits", fits, when, zlib.crc32(fits) ^ 1)
+            add_member(zf, "é.fits", fits, when)
+        behind.flush()
+    with zipfile.ZipFile(path) as zf:
+        assert zf.read("a.fits") == fits == zf.read("é.fits")
+        assert zf.read("a.json") == sidecar
+        assert zf.getinfo("a.fits").compress_type == zipfile.ZIP_STORED
+        assert zf.getinfo("a.json").compress_type == zipfile.ZIP_DEFLATED
+        with pytest.raises(zipfile.BadZipFile, match="CRC"):
+            zf.read("bad.fits")
+
+
+def test_a_body_unlike_its_s3_checksum_is_refused() -> None:
+    """A read whose bytes do not match S3's own checksum of the object, every time, is
+    SourceMismatch naming the object."""
+
+    class Body(io.BytesIO):
+        def read(self, *_: Any) -> bytes:
+            raise FlexibleChecksumError(error_msg="Expected checksum x did not match calculated checksum y")
+
+    class Client:
+        def get_object(self, **_: Any) -> dict[str, Any]:
+            headers = {"x-amz-checksum-crc32": "AAAAAA=="}
+            return {"Body": Body(), "ResponseMetadata": {"HTTPHeaders": headers}}
+
+    obj = S3Object("p/a.fits", 10, "0" * 32, datetime(2025, 12, 31, tzinfo=UTC))
+    with pytest.raises(SourceMismatch, match=r"s3://b/p/a\.fits reads back as a body that does not match"):
+        read_verified(Client(), "b", obj)
 
 
 PREFIX = "LSSTCam/20251231/MC_O_20251231_000001/"
