@@ -53,8 +53,6 @@ class Flow:
     # Whether the units carry day_obs and instrument (the exposures' search attributes).
     has_day: bool = False
     has_instrument: bool = False
-    # The workflow id's prefix: which flow a workflow id belongs to.
-    id_prefix: str = ""
     # The query a running unit answers with its state (every flow's unit but ccat's).
     state_query: str | None = STATE_QUERY
 
@@ -167,7 +165,6 @@ FLOWS: tuple[Flow, ...] = (
         step_of_activity=_activities(exposure.STEP_OF_ACTIVITY),
         has_day=True,
         has_instrument=True,
-        id_prefix="unembargo-",
     ),
     Flow(
         name="arrivals",
@@ -178,7 +175,6 @@ FLOWS: tuple[Flow, ...] = (
         step_of_activity=_activities(arrival.STEP_OF_ACTIVITY),
         has_day=True,
         has_instrument=True,
-        id_prefix="arrival-",
     ),
     Flow(
         name="ccat",
@@ -193,7 +189,6 @@ FLOWS: tuple[Flow, ...] = (
         ),
         waiting_steps=MappingProxyType({ccat.WAITING: "for the bundle to fill"}),
         step_of_activity=_activities(ccat.STEP_OF_ACTIVITY),
-        id_prefix="ccat-",
         state_query=None,
     ),
     Flow(
@@ -211,7 +206,6 @@ FLOWS: tuple[Flow, ...] = (
             }
         ),
         step_of_activity=_activities(rawintegrity.STEP_OF_ACTIVITY),
-        id_prefix="rawintegrity-",
     ),
     Flow(
         name="fits",
@@ -220,7 +214,6 @@ FLOWS: tuple[Flow, ...] = (
         steps=_values(fits_flow.Step, extra=(fits_flow.QUEUED, fits_flow.FAILED, fits_flow.DONE)),
         step_of_activity=_activities(fits_flow.STEP_OF_ACTIVITY),
         has_instrument=True,
-        id_prefix="fits-",
     ),
     Flow(
         name="carousel",
@@ -229,7 +222,6 @@ FLOWS: tuple[Flow, ...] = (
         steps=_values(carousel.Step),
         waiting_clause=Wait("for an operator", f'{SA_CAROUSEL_STATUS.name} = "{carousel.Status.OPERATOR}"'),
         step_of_activity=_activities(carousel.STEP_OF_ACTIVITY),
-        id_prefix="carousel-",
     ),
 )
 

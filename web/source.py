@@ -31,10 +31,11 @@ from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from unembargo.client import locations as client_locations
+from unembargo.client.rawintegrity import decide as decide_raw
 from unembargo.client.retry import retry_exposure
 from unembargo.client.status import receipt_summary, run_status
 from unembargo.engine.connection import connect
-from unembargo.models import carousel, names, rawintegrity
+from unembargo.models import carousel, ccat, names, rawintegrity
 from unembargo.models.names import SA_INSTRUMENT, SA_OBS_ID
 from unembargo.models.settings import Settings
 from unembargo.web.flows import Flow, flow_of_type
@@ -289,14 +290,15 @@ class TemporalSource:
 
     def _copies(self, found: Flow | None, row: Listed) -> list[dict[str, Any]]:
         """A ccat package's copies (PhysicalCopy rows, by location); other flows keep none."""
-        if found is None or found.name != "ccat" or not row.workflow_id.startswith("ccat-package-"):
+        prefix = _prefix(ccat.package_workflow_id)
+        if found is None or found.name != "ccat" or not row.workflow_id.startswith(prefix):
             return []
         from sqlmodel import Session
 
         from unembargo.client.ccat import package_view
         from unembargo.models.tables import connect as db_connect
 
-        package = row.workflow_id.removeprefix("ccat-package-")
+        package = row.workflow_id.removeprefix(prefix)
         with Session(db_connect(self.settings.database_url.get_secret_value())) as session:
             view = package_view(session, package)
         if view is None:
@@ -385,14 +387,19 @@ class TemporalSource:
         handle = client.get_workflow_handle(workflow_id)
         if row.workflow_type == carousel.CAROUSEL_WORKFLOW and decision in carousel.DECISIONS:
             await handle.signal(carousel.DECIDE_SIGNAL, carousel.Decision(decision))
-        elif row.workflow_type == rawintegrity.FILE_WORKFLOW and decision in (
-            rawintegrity.RETRY,
-            rawintegrity.GIVE_UP,
-        ):
-            await handle.signal(rawintegrity.DECIDE_SIGNAL, decision)
+        elif row.workflow_type == rawintegrity.FILE_WORKFLOW and decision in decisions(row.workflow_type):
+            # The file's LFN is its workflow id's tail (models/rawintegrity.file_workflow_id).
+            await decide_raw(
+                client, workflow_id.removeprefix(rawintegrity.file_workflow_id("x")[:-1]), decision
+            )
         else:
             return ActionResult("none", None, f"no decision {decision!r} for a {row.workflow_type}")
         return ActionResult("signalled", row.run_id, f"decision {decision} sent")
+
+
+def _prefix(workflow_id: Callable[[str], str]) -> str:
+    """What a flow's id function puts before the unit's name (its LFN, its package)."""
+    return workflow_id("x").removesuffix("x")
 
 
 async def _polled(client: Client, queue: str) -> bool:
