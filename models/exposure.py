@@ -55,8 +55,8 @@ class Policy:
     """Timeouts of an exposure run; defaults suit production, tests shorten them."""
 
     # A worker killed mid-activity is noticed after this long without a heartbeat
-    # (Settings.heartbeat_timeout, through engine/starter.settings_policy, says why 30 s).
-    heartbeat_s: float = 30.0
+    # (Settings.heartbeat_timeout, through engine/starter.settings_policy, says why 10 s).
+    heartbeat_s: float = 10.0
     # Wait for the missing raws of an incomplete exposure up to this long...
     incomplete_wait_s: float = 2 * 3600.0
     # ...checking again this often (a durable timer, not a sleeping worker).
@@ -159,7 +159,9 @@ class TagReceipt:
 # Transient failures (network, 5xx, database busy, service down) retry forever with
 # backoff, visibly in the UI; bad input fails at once under its error's name.
 STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
+    # The first retry comes 1 s after a failure, or after a killed worker's heartbeat
+    # timeout (Settings.heartbeat_timeout says why both are as they are).
+    initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=2),
     non_retryable_error_types=NON_RETRYABLE,

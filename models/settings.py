@@ -142,11 +142,14 @@ class Settings(BaseSettings):
     incomplete_wait: Duration = timedelta(hours=2)
     incomplete_poll: Duration = timedelta(minutes=5)
     # A worker killed mid-step is noticed after this long without a heartbeat; the step
-    # then runs again after STEP_RETRY's first backoff (2 s). Steps beat from a side thread
-    # every 5 s (activities/context.heartbeating), so 30 s leaves five missed beats of slack
-    # for a loaded worker (a GIL-bound zip, a swapping host) before a live attempt is taken
-    # for dead and run twice at once. Lower it to recover sooner where workers are not busy.
-    heartbeat_timeout: Duration = Field(default=timedelta(seconds=30), ge=timedelta(seconds=1))
+    # then runs again after STEP_RETRY's first backoff (1 s): a step waits at most about
+    # 11 s for another worker (benchmarks/recovery.py, docs/performance.md). Steps beat
+    # from a side thread every timeout / 3 (activities/context.heartbeating) and the SDK
+    # sends at most one beat per 0.8 x timeout from its own (Rust) threads, so a worker's
+    # Python may stall about 4 s before a live attempt is taken for dead and run twice
+    # (which is safe: every step checks first, installs without replacing). Each running
+    # step costs the server one heartbeat per 8 s. Raise it for workers that stall longer.
+    heartbeat_timeout: Duration = Field(default=timedelta(seconds=10), ge=timedelta(seconds=1))
     # How long a watching `unembargo start` rides out a Temporal that does not answer
     # (a restart, a network blip) before it gives up with TemporalUnreachable (exit 2).
     # The workflows do not depend on it: they keep running on the server meanwhile.

@@ -321,10 +321,10 @@ async def test_a_transient_error_is_retried_and_nothing_else_reruns(
     assert [c.step for c in stubs.calls if c.step != failing] == [s for s in Step if s != failing]
     attempts = stubs.of(failing)
     assert [c.attempt for c in attempts] == [1, 2, 3]
-    # Backoff as STEP_RETRY says: 2 s, then 4 s.
-    assert STEPS[failing].retry == STEP_RETRY and STEP_RETRY.initial_interval == timedelta(seconds=2)
+    # Backoff as STEP_RETRY says: 1 s, then 2 s.
+    assert STEPS[failing].retry == STEP_RETRY and STEP_RETRY.initial_interval == timedelta(seconds=1)
     gaps = [seconds(a.started, b.started) for a, b in zip(attempts, attempts[1:], strict=False)]
-    assert 2 <= gaps[0] < 3 and 4 <= gaps[1] < 5, gaps
+    assert 1 <= gaps[0] < 2 and 2 <= gaps[1] < 3, gaps
 
 
 async def test_a_full_destination_is_retried_not_reported(env: WorkflowEnvironment, queue: str) -> None:

@@ -65,7 +65,7 @@ def test_no_lookback_leaves_the_window_open_below() -> None:
 
 
 def test_the_heartbeat_timeout_is_a_setting_the_workflows_get(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert settings_policy(Settings()).heartbeat_s == 30.0
+    assert settings_policy(Settings()).heartbeat_s == 10.0
     monkeypatch.setenv("UNEMBARGO_HEARTBEAT_TIMEOUT", "PT8S")
     assert settings_policy(Settings()).heartbeat_s == 8.0
     # It reaches child processes (the stack's worker, `dev up`) like any other setting.
