@@ -31,10 +31,19 @@ UNSUCCESSFUL = ("Failed", "TimedOut", "Terminated", "Canceled")
 
 @dataclass(frozen=True)
 class Wait:
-    """A running unit that waits on purpose: for what, and the visibility clause that finds it."""
+    """A running unit that waits on purpose: for what, and the keyword attribute that says so."""
 
     reason: str
-    clause: str
+    attribute: str
+    value: str
+
+    @property
+    def clause(self) -> str:
+        return f'{self.attribute} = "{self.value}"'
+
+    def holds(self, attributes: Mapping[str, object]) -> bool:
+        """Whether a run with these search attributes waits so."""
+        return str(attributes.get(self.attribute)) == self.value
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ class Flow:
             return f"{running} AND ({either})"
         nots = [f'{SA_STEP.name} != "{s}"' for s in self.waiting_steps]
         if self.waiting_clause is not None:
-            nots.append(_negate(self.waiting_clause.clause))
+            nots.append(f'{self.waiting_clause.attribute} != "{self.waiting_clause.value}"')
         return f"{running} AND " + " AND ".join(nots)
 
     def query(
@@ -118,14 +127,6 @@ class Flow:
         if clause:
             parts.append(clause)
         return " AND ".join(parts)
-
-
-def _negate(clause: str) -> str:
-    """``a = "b"`` as ``a != "b"`` (the only form a waiting clause takes)."""
-    left, eq, right = clause.partition(" = ")
-    if not eq:
-        raise ValueError(f"cannot negate {clause!r}")
-    return f"{left} != {right}"
 
 
 def done_since_clause(since: datetime) -> str:
@@ -220,7 +221,7 @@ FLOWS: tuple[Flow, ...] = (
         unit="staging request",
         types=(carousel.CAROUSEL_WORKFLOW,),
         steps=_values(carousel.Step),
-        waiting_clause=Wait("for an operator", f'{SA_CAROUSEL_STATUS.name} = "{carousel.Status.OPERATOR}"'),
+        waiting_clause=Wait("for an operator", SA_CAROUSEL_STATUS.name, carousel.Status.OPERATOR.value),
         step_of_activity=_activities(carousel.STEP_OF_ACTIVITY),
     ),
 )

@@ -37,6 +37,7 @@ from unembargo.web.flows import (
 from unembargo.web.source import Listed, Source, decisions
 
 T = TypeVar("T")
+CONTINUED = "continued"
 # The overview's count columns, in order ("done today" is the day's completions).
 DONE_TODAY = "done_today"
 COUNT_STATES = (RUNNING, WAITING, FAILED, DONE_TODAY)
@@ -160,19 +161,19 @@ def decode_token(text: str | None) -> bytes | None:
 
 
 def unit_state(flow: Flow, row: Listed) -> str:
-    """running | waiting | failed | done, as the page's filters name them."""
+    """running | waiting | failed | done, as the page's filters name them (or continued: a run
+    that continued as new, its unit going on in the next)."""
     if row.status == "completed":
         return DONE
+    if row.status == "continued_as_new":
+        return CONTINUED
     if row.status != "running":
         return FAILED
     step = str(row.attributes.get(SA_STEP.name) or "")
     if step in flow.waiting_steps:
         return WAITING
-    clause = flow.waiting_clause
-    if clause is not None:
-        key, _, value = clause.clause.partition(" = ")
-        if str(row.attributes.get(key)) == value.strip('"'):
-            return WAITING
+    if flow.waiting_clause is not None and flow.waiting_clause.holds(row.attributes):
+        return WAITING
     return RUNNING
 
 

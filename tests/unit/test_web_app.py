@@ -111,6 +111,16 @@ def test_state_queries() -> None:
         'AND ExecutionStatus = "Completed"'
     )
     assert flow("fits").query("waiting") is None
+    carousel = flow("carousel")
+    assert carousel.query("running", step="locks") == (
+        'WorkflowType IN ("CarouselRequest") AND step = "locks" AND ExecutionStatus = "Running" '
+        'AND carousel_status != "WaitingOperator"'
+    )
+    asking = Listed(
+        "carousel-s-d", "r", "CarouselRequest", "running", {"carousel_status": "WaitingOperator"}, NOW, None
+    )
+    assert views.unit_state(carousel, asking) == "waiting"
+    assert views.unit_row(WebConfig(), carousel, asking)["waiting_for"] == "for an operator"
     with pytest.raises(ValueError):
         unembargo.query("asleep")
     # A filter value is a name, never a piece of query.
