@@ -12,12 +12,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from sqlmodel import Session
 from temporalio.api.common.v1 import WorkflowExecution as ExecutionRef
-from temporalio.api.enums.v1 import EventType, TaskQueueType
+from temporalio.api.enums.v1 import EventType, PendingActivityState, TaskQueueType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -31,6 +32,7 @@ from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from unembargo.client import locations as client_locations
+from unembargo.client.ccat import package_view
 from unembargo.client.rawintegrity import decide as decide_raw
 from unembargo.client.retry import retry_exposure
 from unembargo.client.status import receipt_summary, run_status
@@ -38,6 +40,7 @@ from unembargo.engine.connection import connect
 from unembargo.models import carousel, ccat, names, rawintegrity
 from unembargo.models.names import SA_INSTRUMENT, SA_OBS_ID
 from unembargo.models.settings import Settings
+from unembargo.models.tables import connect as db_connect
 from unembargo.web.flows import Flow, flow_of_type
 
 # Counts are reused for WebConfig.count_ttl seconds: an overview, its flow pages and a metrics
@@ -293,29 +296,12 @@ class TemporalSource:
         prefix = _prefix(ccat.package_workflow_id)
         if found is None or found.name != "ccat" or not row.workflow_id.startswith(prefix):
             return []
-        from sqlmodel import Session
-
-        from unembargo.client.ccat import package_view
-        from unembargo.models.tables import connect as db_connect
-
         package = row.workflow_id.removeprefix(prefix)
         with Session(db_connect(self.settings.database_url.get_secret_value())) as session:
             view = package_view(session, package)
         if view is None:
             return []
-        return [
-            {
-                "location": c.location,
-                "site": c.site,
-                "type": str(c.type),
-                "kind": c.kind,
-                "state": c.state,
-                "verified": c.verified,
-                "size": c.size,
-                "relpath": c.relpath,
-            }
-            for c in view.copies
-        ]
+        return [asdict(c) for c in view.copies]
 
     async def locations(self) -> tuple[list[Any], list[Any]]:
         """Every location, and every queue's pollers (client/locations.py)."""
@@ -449,6 +435,8 @@ async def _timeline(
     scheduled: dict[int, str] = {}
     rows: dict[str, dict[str, Any]] = {}
     failure: Failure | None = None
+    # A run ended from outside (terminated) or by its own timeout: no failure event, but a reason.
+    ended: FailureView | None = None
     for event in events:
         kind = event.WhichOneof("attributes")
         if kind == "activity_task_scheduled_event_attributes":
@@ -471,6 +459,10 @@ async def _timeline(
             rows[scheduled.get(failed.scheduled_event_id, "")]["failed"] = failure
         elif kind == "workflow_execution_failed_event_attributes":
             failure = event.workflow_execution_failed_event_attributes.failure
+        elif kind == "workflow_execution_terminated_event_attributes":
+            ended = FailureView("Terminated", event.workflow_execution_terminated_event_attributes.reason)
+        elif kind == "workflow_execution_timed_out_event_attributes":
+            ended = FailureView("TimedOut", "the run timed out")
     steps = []
     for name, row in rows.items():
         last = row.get("failed")
@@ -489,7 +481,7 @@ async def _timeline(
                 last_failure=text,
             )
         )
-    return steps, await failure_view(client, failure) if failure is not None else None
+    return steps, ended or (await failure_view(client, failure) if failure is not None else None)
 
 
 def _brief(receipt: dict[str, Any]) -> str:
@@ -502,8 +494,6 @@ async def _pending(client: Client, found: Flow | None, desc: Any) -> PendingView
     for act in desc.raw_description.pending_activities:
         name = act.activity_type.name
         failure = await failure_view(client, act.last_failure) if act.HasField("last_failure") else None
-        from temporalio.api.enums.v1 import PendingActivityState
-
         state = PendingActivityState.Name(act.state).removeprefix("PENDING_ACTIVITY_STATE_").lower()
         return PendingView(
             step=(found.step_of_activity.get(name, name) if found else name),
