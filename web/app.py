@@ -28,7 +28,7 @@ from unembargo.engine.connection import unanswered as unanswered_reason
 from unembargo.engine.errors import SourceUnavailable, TemporalUnreachable
 from unembargo.models.names import InvalidName
 from unembargo.web import views
-from unembargo.web.auth import COOKIE, authorized, cookie_value, who
+from unembargo.web.auth import COOKIE, OPERATOR_COOKIE, authorized, cookie_value, operator_name, who
 from unembargo.web.config import WebConfig
 from unembargo.web.flows import ALL, BY_NAME, FLOWS, STATES, Flow
 from unembargo.web.source import Source, TemporalSource
@@ -232,6 +232,9 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
         actions_log.info("sign-in from %s", who(request))
         done = RedirectResponse("/", status_code=303)
         done.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="strict")
+        name = operator_name(form.get("operator"))
+        if name:
+            done.set_cookie(OPERATOR_COOKIE, name, httponly=True, samesite="strict")
         return done
 
     async def unanswered(request: Request, exc: Exception) -> Response:

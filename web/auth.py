@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 from pydantic import SecretStr
 from starlette.requests import Request
 
 COOKIE = "unembargo_web"
+# Who signed in (as they said at sign-in) or ``X-Operator`` of a scripted call: for the log only.
+OPERATOR_COOKIE = "unembargo_web_operator"
+OPERATOR_HEADER = "x-operator"
+_OPERATOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@\-]{0,63}$")
 
 
 def cookie_value(token: SecretStr) -> str:
@@ -29,7 +34,15 @@ def authorized(request: Request, token: SecretStr | None) -> bool:
     return cookie is not None and hmac.compare_digest(cookie.encode(), cookie_value(token).encode())
 
 
+def operator_name(text: str | None) -> str | None:
+    """``text`` if it is a plain name (letters, digits, ``._@-``), else None: it goes into logs."""
+    return text if text and _OPERATOR.match(text) else None
+
+
 def who(request: Request) -> str:
-    """Who acted, for the log: the client's address (the token is the same for everyone)."""
+    """Who acted, for the log: the name they gave, if any, and the client's address (the token
+    is the same for everyone, so it cannot say)."""
     client = request.client
-    return f"{client.host}:{client.port}" if client else "unknown"
+    where = f"{client.host}:{client.port}" if client else "unknown"
+    name = operator_name(request.headers.get(OPERATOR_HEADER) or request.cookies.get(OPERATOR_COOKIE))
+    return f"{name} ({where})" if name else where

@@ -248,7 +248,7 @@ def test_actions_with_the_token_are_done_and_logged_without_it(caplog: pytest.Lo
         assert http.post(f"{base}/reset", headers=bearer, data={"step": "zip"}).json()["outcome"] == "reset"
         assert http.post(f"{base}/reset", headers=bearer).status_code == 400
         # The sign-in form sets a cookie that acts too; a form post is sent back to the unit page.
-        signed = http.post("/login", data={"token": TOKEN}, follow_redirects=False)
+        signed = http.post("/login", data={"token": TOKEN, "operator": "night-shift"}, follow_redirects=False)
         assert signed.status_code == 303 and TOKEN not in signed.headers["set-cookie"]
         done = http.post(f"{base}/signal", data={"decision": "retry"}, headers={"Accept": "text/html"})
         assert done.status_code == 200 and "decision retry sent" in done.text
@@ -257,6 +257,7 @@ def test_actions_with_the_token_are_done_and_logged_without_it(caplog: pytest.Lo
     assert [a["action"] for a in logged] == ["signal", "reset", "retry"]
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "retry of unembargo/unembargo-LSSTCam-A: restarted" in text and TOKEN not in text
+    assert logged[0]["who"].startswith("night-shift (") and not logged[1]["who"].startswith("night")
 
 
 def test_temporal_down_is_a_503_saying_so() -> None:
