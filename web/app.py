@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from temporalio.service import RPCError
 from unembargo.engine.connection import unanswered as unanswered_reason
 from unembargo.engine.errors import SourceUnavailable, TemporalUnreachable
 from unembargo.models.names import InvalidName
+from unembargo.models.web_actions import WebAction
 from unembargo.web import views
 from unembargo.web.auth import COOKIE, OPERATOR_COOKIE, authorized, cookie_value, operator_name, who
 from unembargo.web.config import WebConfig
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 actions_log = logging.getLogger("unembargo.web.actions")
 
 TEMPLATES = Path(__file__).parent / "templates"
-# Actions kept in memory for the page's "recent actions" list.
+# Actions listed by /api/actions, and on a unit's page.
 RECENT_ACTIONS = 50
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -74,7 +74,6 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
         source if source is not None else TemporalSource(config.settings, count_ttl=config.count_ttl)
     )
     env = _environment()
-    recent: deque[dict[str, Any]] = deque(maxlen=RECENT_ACTIONS)
 
     def page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         body = env.get_template(template).render(
@@ -142,6 +141,7 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
         found = await views.unit_page(config, data, flow, wid)
         if found is None:
             return not_found(request, f"workflow {wid!r}", as_json)
+        found["actions"] = [views.action_row(a) for a in await data.recorded(wid, RECENT_ACTIONS)]
         if as_json:
             return JSONResponse(found)
         return page(request, "unit.html", flow=flow, unit=found, done=request.query_params.get("done"))
@@ -184,21 +184,19 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
                 if not decision:
                     return JSONResponse({"error": "signal needs a decision"}, 400)
                 out = await data.signal(wid, decision)
-            entry = {
-                "when": datetime.now(UTC).isoformat(),
-                "who": who(request),
-                "action": kind,
-                "flow": flow.name,
-                "workflow_id": wid,
-                "step": step or None,
-                "decision": decision or None,
-                "outcome": out.action,
-                "message": out.message,
-            }
-            recent.appendleft(entry)
+            done = WebAction(
+                who=who(request),
+                action=kind,
+                flow=flow.name,
+                workflow_id=wid,
+                step=step or None,
+                decision=decision or None,
+                outcome=out.action,
+                message=out.message,
+            )
             actions_log.info(
                 "%s %s of %s/%s%s: %s (%s)",
-                entry["who"],
+                done.who,
                 kind,
                 flow.name,
                 wid,
@@ -206,6 +204,8 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
                 out.action,
                 out.message,
             )
+            await data.record(done)
+            entry = views.action_row(done)
             if "text/html" in request.headers.get("accept", ""):
                 back = f"/flows/{quote(flow.name)}/units/{quote(wid, safe='')}"
                 return RedirectResponse(f"{back}?{urlencode({'done': out.message})}", status_code=303)
@@ -216,7 +216,9 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
     async def actions(request: Request) -> Response:
         if not authorized(request, config.token):
             return JSONResponse({"error": "authentication required"}, 401)
-        return JSONResponse({"actions": list(recent)})
+        return JSONResponse(
+            {"actions": [views.action_row(a) for a in await data.recorded(None, RECENT_ACTIONS)]}
+        )
 
     async def login(request: Request) -> Response:
         if request.method == "GET":

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlmodel import Session
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
 from temporalio.api.common.v1 import WorkflowExecution as ExecutionRef
 from temporalio.api.enums.v1 import EventType, PendingActivityState, TaskQueueType
 from temporalio.api.failure.v1 import Failure
@@ -41,6 +42,7 @@ from unembargo.models import carousel, ccat, names, rawintegrity
 from unembargo.models.names import SA_INSTRUMENT, SA_OBS_ID
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect as db_connect
+from unembargo.models.web_actions import WebAction
 from unembargo.web.flows import Flow, flow_of_type
 
 # Counts are reused for WebConfig.count_ttl seconds: an overview, its flow pages and a metrics
@@ -140,6 +142,10 @@ class Source(Protocol):
 
     async def signal(self, workflow_id: str, decision: str) -> ActionResult: ...
 
+    async def record(self, action: WebAction) -> None: ...
+
+    async def recorded(self, workflow_id: str | None, limit: int) -> list[WebAction]: ...
+
 
 def _status(value: WorkflowExecutionStatus | None) -> str:
     return (value or WorkflowExecutionStatus.RUNNING).name.lower()
@@ -194,6 +200,13 @@ class TemporalSource:
         self._lock = asyncio.Lock()
         self._ttl = count_ttl
         self._counted: dict[str, tuple[float, Any]] = {}
+        self._engine: Engine | None = None
+
+    def engine(self) -> Engine:
+        """The project's database (migrated on first use)."""
+        if self._engine is None:
+            self._engine = db_connect(self.settings.database_url.get_secret_value())
+        return self._engine
 
     async def client(self) -> Client:
         async with self._lock:
@@ -297,7 +310,7 @@ class TemporalSource:
         if found is None or found.name != "ccat" or not row.workflow_id.startswith(prefix):
             return []
         package = row.workflow_id.removeprefix(prefix)
-        with Session(db_connect(self.settings.database_url.get_secret_value())) as session:
+        with Session(self.engine()) as session:
             view = package_view(session, package)
         if view is None:
             return []
@@ -365,6 +378,29 @@ class TemporalSource:
             )
         )
         return ActionResult("reset", resp.run_id, f"reset to before {at.activity_type.name}")
+
+    async def record(self, action: WebAction) -> None:
+        """Keep ``action`` in the web_action table."""
+
+        def write() -> None:
+            with Session(self.engine()) as session:
+                session.add(action)
+                session.commit()
+                session.refresh(action)
+
+        await asyncio.to_thread(write)
+
+    async def recorded(self, workflow_id: str | None, limit: int) -> list[WebAction]:
+        """The latest actions, newest first (of one unit, given its workflow id)."""
+
+        def read() -> list[WebAction]:
+            query = select(WebAction).order_by(col(WebAction.id).desc()).limit(limit)
+            if workflow_id is not None:
+                query = query.where(WebAction.workflow_id == workflow_id)
+            with Session(self.engine()) as session:
+                return list(session.exec(query).all())
+
+        return await asyncio.to_thread(read)
 
     async def signal(self, workflow_id: str, decision: str) -> ActionResult:
         """An operator's decision to a unit waiting for one (carousel, rawintegrity)."""

@@ -20,6 +20,7 @@ from itertools import pairwise
 from typing import Any, TypeVar
 
 from unembargo.models.names import SA_DAY_OBS, SA_INSTRUMENT, SA_STEP
+from unembargo.models.web_actions import WebAction
 from unembargo.web.config import WebConfig
 from unembargo.web.flows import (
     ALL,
@@ -273,6 +274,21 @@ async def unit_page(config: WebConfig, source: Source, flow: Flow, workflow_id: 
         "copies": _json(detail.copies),
         "state_fields": _json(detail.state),
         "decisions": list(decisions(detail.listed.workflow_type)),
+    }
+
+
+def action_row(action: WebAction) -> dict[str, Any]:
+    """An action as the page and /api/actions show it."""
+    return {
+        "when": _json(action.at),
+        "who": action.who,
+        "action": action.action,
+        "flow": action.flow,
+        "workflow_id": action.workflow_id,
+        "step": action.step,
+        "decision": action.decision,
+        "outcome": action.outcome,
+        "message": action.message,
     }
 
 

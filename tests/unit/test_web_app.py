@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from unembargo.client.locations import Poller, QueueHealth, QueueRow
 from unembargo.engine.errors import TemporalUnreachable
 from unembargo.models.settings import Settings
+from unembargo.models.web_actions import WebAction
 from unembargo.web import flows, views
 from unembargo.web.app import create_app
 from unembargo.web.config import WebConfig
@@ -41,6 +42,7 @@ class Fake:
     asked: list[str] = field(default_factory=list)
     pages: list[tuple[str, int, bytes | None]] = field(default_factory=list)
     acted: list[tuple[str, ...]] = field(default_factory=list)
+    log: list[WebAction] = field(default_factory=list)
 
     async def count(self, query: str) -> int:
         self.asked.append(query)
@@ -81,6 +83,12 @@ class Fake:
     async def signal(self, workflow_id: str, decision: str) -> ActionResult:
         self.acted.append(("signal", workflow_id, decision))
         return ActionResult("signalled", "run-1", f"decision {decision} sent")
+
+    async def record(self, action: WebAction) -> None:
+        self.log.insert(0, action)
+
+    async def recorded(self, workflow_id: str | None, limit: int) -> list[WebAction]:
+        return [a for a in self.log if workflow_id in (None, a.workflow_id)][:limit]
 
 
 def app(fake: Fake, actions: bool = True, token: str | None = TOKEN) -> TestClient:
@@ -253,7 +261,11 @@ def test_actions_with_the_token_are_done_and_logged_without_it(caplog: pytest.Lo
         done = http.post(f"{base}/signal", data={"decision": "retry"}, headers={"Accept": "text/html"})
         assert done.status_code == 200 and "decision retry sent" in done.text
         logged = http.get("/api/actions", headers=bearer).json()["actions"]
+        unit = http.get(base).json()
+        page = http.get("/flows/unembargo/units/unembargo-LSSTCam-A").text
     assert [a[0] for a in fake.acted] == ["retry", "reset", "signal"]
+    assert [a["outcome"] for a in unit["actions"]] == ["signalled", "reset", "restarted"]
+    assert '<tr class="action-done">' in page and "decision retry sent" in page
     assert [a["action"] for a in logged] == ["signal", "reset", "retry"]
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "retry of unembargo/unembargo-LSSTCam-A: restarted" in text and TOKEN not in text

@@ -1,5 +1,6 @@
-"""A ccat package's unit page lists its copies from the database (client/ccat.package_view):
-filed raw files at their SOURCE, by location, with their state and whether they are verified."""
+"""What the dataflow page reads from and writes to the project's database: a ccat package's
+copies (client/ccat.package_view: filed raw files at their SOURCE, by location, with their state
+and whether they are verified), and the actions operators took through the page."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from unembargo.client.ccat import file_observation
 from unembargo.devstack.ccat_sites import add_sites
 from unembargo.models.settings import Settings
 from unembargo.models.tables import connect
+from unembargo.models.web_actions import WebAction
 from unembargo.web.flows import flow
 from unembargo.web.source import Listed, TemporalSource
 
@@ -41,3 +43,14 @@ def test_a_filed_package_shows_its_files_copy_at_the_source(tmp_path: Path) -> N
     )
     other = Listed("ccat-transfer-x", "run", "CcatTransfer", "running", {}, now, None)
     assert TemporalSource(settings)._copies(flow("ccat"), other) == []
+
+
+async def test_actions_are_kept_in_the_database_newest_first(tmp_path: Path) -> None:
+    settings = Settings(database_url=SecretStr(f"sqlite:///{tmp_path / 'web.db'}"), state_dir=tmp_path)
+    source = TemporalSource(settings)
+    for wid, outcome in (("unembargo-LSSTCam-A", "restarted"), ("unembargo-LSSTCam-B", "reset")):
+        await source.record(WebAction(who="ops (127.0.0.1:1)", action="retry", flow="unembargo",
+                                      workflow_id=wid, outcome=outcome))  # fmt: skip
+    assert [a.outcome for a in await source.recorded(None, 10)] == ["reset", "restarted"]
+    [only] = await TemporalSource(settings).recorded("unembargo-LSSTCam-A", 10)
+    assert only.who == "ops (127.0.0.1:1)" and only.at is not None
