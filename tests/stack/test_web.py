@@ -291,7 +291,10 @@ def test_actions_refuse_without_the_token_and_are_done_and_logged_with_it(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"retry of unembargo/{scenes.failed}: restarted" in logged
     assert f"retry of unembargo/{scenes.stuck}: reset" in logged and TOKEN not in logged
+    # Kept in the database too, and shown on the unit's page.
     actions = http.get("/api/actions", headers=bearer).json()["actions"]
+    page = http.get(f"/flows/unembargo/units/{scenes.failed}").text
+    assert '<tr class="action-done">' in page and "restarted" in page
     assert [(a["workflow_id"], a["outcome"]) for a in actions[:3]] == [
         (scenes.completed, "reset"),
         (scenes.stuck, "reset"),
