@@ -56,6 +56,16 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
 
 
+def _when(value: object) -> str:
+    """An ISO time as the pages show it: to the second, in UTC."""
+    if not value:
+        return ""
+    try:
+        return datetime.fromisoformat(str(value)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return str(value)
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
@@ -64,6 +74,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["q"] = lambda value: quote(str(value), safe="")
+    env.filters["when"] = _when
     env.globals["sparkline"] = views.sparkline
     return env
 
