@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated
 
@@ -25,9 +26,7 @@ def web(
     Actions are off unless --actions is given, and then need the token of UNEMBARGO_WEB_TOKEN
     (never a command-line argument) as a Bearer header or through the sign-in form.
     """
-    import uvicorn
-
-    from unembargo.web.app import create_app
+    from unembargo.web.app import serve
     from unembargo.web.config import WebConfig, WebSettings
 
     settings: Settings = ctx.obj
@@ -37,10 +36,4 @@ def web(
     config = WebConfig(settings=settings, actions_enabled=actions, token=web_settings.token)
     # Each action is logged (who, what, which unit, the outcome), whatever the command's level.
     logging.getLogger("unembargo.web.actions").setLevel(logging.INFO)
-    uvicorn.run(
-        create_app(config),
-        host=host or web_settings.host,
-        port=port or web_settings.port,
-        log_level="warning",
-        access_log=False,
-    )
+    asyncio.run(serve(config, host or web_settings.host, port or web_settings.port))

@@ -284,3 +284,13 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
             SourceUnavailable: unanswered,
         },
     )
+
+
+async def serve(config: WebConfig, host: str, port: int, source: Source | None = None) -> None:
+    """Serve the page until cancelled (``unembargo web``; tests run it as a task)."""
+    import uvicorn
+
+    server = uvicorn.Config(
+        create_app(config, source), host=host, port=port, log_level="warning", access_log=False
+    )
+    await uvicorn.Server(server).serve()
