@@ -76,6 +76,7 @@ def _environment() -> Environment:
     env.filters["q"] = lambda value: quote(str(value), safe="")
     env.filters["when"] = _when
     env.globals["sparkline"] = views.sparkline
+    env.globals["flow_steps"] = lambda name: BY_NAME[name].steps
     return env
 
 

@@ -39,6 +39,8 @@ from unembargo.web.source import Listed, Source, decisions
 
 T = TypeVar("T")
 CONTINUED = "continued"
+# The overview's row of units at a step the flow does not declare.
+OTHER_STEP = "(other)"
 # The overview's count columns, in order ("done today" is the day's completions).
 DONE_TODAY = "done_today"
 COUNT_STATES = (RUNNING, WAITING, FAILED, DONE_TODAY)
@@ -89,7 +91,8 @@ async def flow_counts(source: Source, flow: Flow, now: datetime) -> dict[str, An
         {"step": step, "waiting_for": _why(flow, step), "counts": dict(zero)} for step in flow.steps
     ]
     throughput = [{"hour": a.isoformat(), "completed": 0} for a in bars[:-1]]
-    if sum((await source.count_by_status(base)).values()):
+    whole = await source.count_by_status(base)
+    if sum(whole.values()):
         today, day = await _gather(
             [
                 source.count(f"{base} AND {done_since_clause(midnight(now))}"),
@@ -124,6 +127,18 @@ async def flow_counts(source: Source, flow: Flow, now: datetime) -> dict[str, An
                 counts[RUNNING] -= n
         for bar, n in zip(throughput if day else [], found[len(asks) :], strict=True):
             bar["completed"] = n
+        # Units whose step is none of the flow's (not set yet, or a value this page does not know).
+        other = {
+            RUNNING: whole.get("Running", 0)
+            - sum(r["counts"][RUNNING] + r["counts"][WAITING] for r in steps),
+            WAITING: 0,
+            FAILED: sum(whole.get(s, 0) for s in UNSUCCESSFUL) - sum(r["counts"][FAILED] for r in steps),
+            DONE_TODAY: today - sum(r["counts"][DONE_TODAY] for r in steps),
+        }
+        # Counts are approximate and each query sees its own moment: never below zero.
+        other = {state: max(n, 0) for state, n in other.items()}
+        if any(other.values()):
+            steps.append({"step": OTHER_STEP, "waiting_for": None, "counts": other})
     totals = {state: sum(s["counts"][state] for s in steps) for state in COUNT_STATES}
     return {
         "flow": flow.name,

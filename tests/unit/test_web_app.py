@@ -139,7 +139,7 @@ def test_state_queries() -> None:
 def test_overview_counts_from_count_queries_and_renders_each_flow() -> None:
     fake = Fake()
     unembargo = flow("unembargo")
-    fake.groups[unembargo.base_query()] = {"Failed": 2, "Running": 3, "Completed": 1}
+    fake.groups[unembargo.base_query()] = {"Failed": 2, "Running": 4, "Completed": 1}
     fake.groups[unembargo.query("all", step="zip") or ""] = {"Failed": 1, "Terminated": 1}
     fake.groups[unembargo.query("all", step="waiting") or ""] = {"Running": 3}
     fake.groups[unembargo.query("all", step="done") or ""] = {"Completed": 1}
@@ -153,6 +153,8 @@ def test_overview_counts_from_count_queries_and_renders_each_flow() -> None:
     assert steps["zip"]["counts"]["failed"] == 2
     assert steps["waiting"]["counts"]["waiting"] == 3 and steps["waiting"]["waiting_for"] == "for raws"
     assert steps["done"]["counts"]["done_today"] == 1
+    # One running unit is at no step the flow declares: counted on a row of its own.
+    assert steps["(other)"]["counts"] == {"running": 1, "waiting": 0, "failed": 0, "done_today": 0}
     assert sum(b["completed"] for b in shown["flows"][0]["throughput"]) == 1
     assert all(q.startswith("WorkflowType IN (") for q in asked) and not fake.pages
     # An empty flow costs one count; a busy one a count per step and a few more, whatever its size.
