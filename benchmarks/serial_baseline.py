@@ -10,16 +10,20 @@ the settings come from the ``UNEMBARGO_*`` environment, as for a worker.
 Per exposure, as the current tool does it: skip if the zip exists; the raws (and
 guider raws) with their dimension records; skip if fewer than expectedSensors lists;
 ``retrieve_artifacts_zip`` into a temporary directory on the destination disk, plus
-``_metadata_index.json`` appended; install the zip; export the dimension yaml;
+``_metadata_index.json`` appended, and (as unembargo's zip has them, so the two do the
+same work) every other object of the folder (sidecars, expectedSensors) read from the
+bucket, checked against its listing's md5 and appended DEFLATEd, and every raw in the
+zip read back and checked against its listing's size and md5; install the zip; export the dimension yaml;
 ``transfer_dimension_records_from`` and ``ingest_zip(transfer="direct")``; checksums of
 both files read back, ``add_replicas``, the Tract/NoTract and Obs datasets created and
 attached; the Obs dataset closed and tagged. Butlers and the Rucio client are built
-once per run, as a cron invocation does. It checks less than unembargo (no check of
-an existing zip, no import of the yaml into an empty repo, no read-back of Rucio).
+once per run, as a cron invocation does. It still checks less than unembargo (no check
+of an existing zip, no import of the yaml into an empty repo, no read-back of Rucio).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -103,12 +107,34 @@ class SerialBaseline:
         if len(refs) < expected:
             raise RuntimeError(f"{exp.obs_id}: {len(refs)} raws of {expected} expected; skipped")
         final.parent.mkdir(parents=True, exist_ok=True)
+        listing = {
+            item["Key"][len(prefix) :]: item
+            for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.settings.s3_bucket, Prefix=prefix
+            )
+            for item in page.get("Contents", [])
+        }
         with tempfile.TemporaryDirectory(dir=final.parent, prefix=".cron-") as tmp:
             made = self.embargo.retrieve_artifacts_zip(refs, tmp)
             path = Path(made.ospath)
             with zipfile.ZipFile(path, "a") as zf:
-                headers = {n: raw_metadata(n, zf.read(n)) for n in zf.namelist() if is_fits(n)}
+                raws = [n for n in zf.namelist() if is_fits(n)]
+                headers = {}
+                inside = set()
+                for name in raws:
+                    # Members are named <prefix><the object's file name>.
+                    source = next(k for k in listing if name.endswith(k.rsplit("/", 1)[-1]))
+                    data = zf.read(name)
+                    _check(name, data, listing[source])
+                    headers[name] = raw_metadata(name, data)
+                    inside.add(source)
                 zf.writestr(METADATA_INDEX, metadata_index({n: h for n, h in headers.items() if h}))
+                for name, item in sorted(listing.items()):
+                    if name not in inside:
+                        got = self.s3.get_object(Bucket=self.settings.s3_bucket, Key=item["Key"])
+                        body = got["Body"].read()
+                        _check(name, body, item)
+                        zf.writestr(name, body, compress_type=zipfile.ZIP_DEFLATED)
             os.replace(path, final)
         return refs
 
@@ -147,6 +173,13 @@ class SerialBaseline:
         self.rucio.add_files_to_datasets(
             [{"scope": scope, "name": d, "dids": files} for d in datasets], ignore_duplicate=True
         )
+
+
+def _check(name: str, data: bytes, item: dict[str, Any]) -> None:
+    """The cron tool's check of an object against its listing: size and ETag md5."""
+    etag = item["ETag"].strip('"')
+    if len(data) != item["Size"] or ("-" not in etag and hashlib.md5(data).hexdigest() != etag):
+        raise RuntimeError(f"{name} does not match its listing")
 
 
 def run(settings: Settings, exposures: Sequence[Exposure]) -> dict[str, Any]:
