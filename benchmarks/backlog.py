@@ -268,7 +268,7 @@ def _verdicts(out: str) -> dict[str, int] | None:
         return None
     counts: dict[str, int] = {}
     for row in data.get("exposures", []) if isinstance(data, dict) else []:
-        verdict = str(row.get("verdict", row.get("state", "?")))
+        verdict = str(row.get("class", "?"))
         counts[verdict] = counts.get(verdict, 0) + 1
     return counts
 
