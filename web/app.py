@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from unembargo.engine.connection import unanswered as unanswered_reason
 from unembargo.engine.errors import SourceUnavailable, TemporalUnreachable
@@ -252,12 +252,17 @@ def create_app(config: WebConfig, source: Source | None = None) -> Starlette:
         return done
 
     async def unanswered(request: Request, exc: Exception) -> Response:
-        """Temporal (or the database) did not answer: say so, with a 503, not a traceback."""
-        reason = unanswered_reason(exc) or f"{type(exc).__name__}"
+        """Temporal (or the database) did not answer: say so, with a 503, not a traceback; a
+        request Temporal refuses (a page token of another query, say) is a 400."""
+        refused = isinstance(exc, RPCError) and exc.status == RPCStatusCode.INVALID_ARGUMENT
+        reason = unanswered_reason(exc) or (exc.message if isinstance(exc, RPCError) and refused else "")
+        reason = reason or type(exc).__name__
+        code = 400 if refused else 503
         log.warning("%s %s: %s", request.method, request.url.path, reason)
         if request.url.path.startswith(("/api/", "/metrics")):
-            return JSONResponse({"error": reason}, status_code=503)
-        return page(request, "error.html", status_code=503, message=f"not available now: {reason}")
+            return JSONResponse({"error": reason}, status_code=code)
+        shown = reason if refused else f"not available now: {reason}"
+        return page(request, "error.html", status_code=code, message=shown)
 
     unit_path = "/flows/{flow}/units/{workflow_id:path}"
     routes = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,8 @@ _CONCURRENCY = 32
 SPARK_HOURS = 24
 # Pages scanned for an error-type filter before a page is returned short (with its token).
 ERROR_SCAN_PAGES = 10
+# Bytes of a page token that say which query it belongs to.
+_MARK = 8
 
 
 def _json(value: Any) -> Any:
@@ -162,18 +165,28 @@ async def overview(source: Source, now: datetime | None = None) -> dict[str, Any
     return {"generated": now.isoformat(), "flows": list(flows)}
 
 
-def encode_token(token: bytes | None) -> str | None:
-    return base64.urlsafe_b64encode(token).decode() if token else None
+def _query_mark(query: str) -> bytes:
+    return hashlib.sha256(query.encode()).digest()[:_MARK]
 
 
-def decode_token(text: str | None) -> bytes | None:
-    """A page token from a query parameter; a malformed one is ValueError."""
+def encode_token(query: str, token: bytes | None) -> str | None:
+    """Temporal's next-page token, marked with the query it continues (a page token is valid
+    only for the listing that made it)."""
+    return base64.urlsafe_b64encode(_query_mark(query) + token).decode() if token else None
+
+
+def decode_token(query: str, text: str | None) -> bytes | None:
+    """The token of ``encode_token``; one that is malformed or of another query is ValueError
+    (given to Temporal, it is retried for seconds before it fails)."""
     if not text:
         return None
     try:
-        return base64.urlsafe_b64decode(text.encode())
+        raw = base64.urlsafe_b64decode(text.encode())
     except (binascii.Error, ValueError) as err:
         raise ValueError("page_token is not a page token") from err
+    if len(raw) <= _MARK or raw[:_MARK] != _query_mark(query):
+        raise ValueError("page_token is not a page of this list (its filters changed): start again")
+    return raw[_MARK:]
 
 
 def unit_state(flow: Flow, row: Listed) -> str:
@@ -243,7 +256,7 @@ async def flow_units(
     }
     if query is None:
         return result
-    token = decode_token(page_token)
+    token = decode_token(query, page_token)
     rows: list[dict[str, Any]] = []
     for _ in range(ERROR_SCAN_PAGES if error else 1):
         listed, token = await source.page(query, config.page_size, token)
@@ -253,7 +266,7 @@ async def flow_units(
         if not token or len(rows) >= config.page_size:
             break
     result["units"] = rows
-    result["next_page_token"] = encode_token(token)
+    result["next_page_token"] = encode_token(query, token)
     return result
 
 

@@ -187,6 +187,10 @@ def test_flow_page_lists_one_page_with_failures_and_temporal_links() -> None:
         shown = http.get("/api/flows/unembargo", params={"state": "all"}).json()
         page = http.get("/flows/unembargo", params={"state": "all"}).text
         following = http.get("/api/flows/unembargo", params={"page_token": shown["next_page_token"]}).json()
+        # A token of another list (the filters changed) or no token at all is refused, not passed on.
+        for token in (shown["next_page_token"], "Zm9vYmFy"):
+            other = http.get("/api/flows/unembargo", params={"state": "failed", "page_token": token})
+            assert other.status_code == 400
     assert [u["state"] for u in shown["units"]] == ["failed", "waiting"]
     assert shown["units"][1]["waiting_for"] == "for raws"
     assert fake.pages[0][1] == 50 and fake.pages[-1][2] == b"next\x00page"
