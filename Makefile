@@ -6,7 +6,7 @@ CLI    := $(VENV)/bin/unembargo
 # read imports from files (mypy, import-linter) see it through this tree of links.
 TYPING := $(VENV)/typing
 
-.PHONY: setup demo test test-unit test-stack check down
+.PHONY: setup browser demo test test-unit test-stack check down
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,6 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Debian's chromium and chromium-driver, for the web page's browser test (tests/stack/test_web.py).
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT  := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+$(CHROMEDRIVER):
+	$(APT) install -y -q chromium chromium-driver || { $(APT) update -q && $(APT) install -y -q chromium chromium-driver; }
+
+browser: $(CHROMEDRIVER)
 
 # Bring the local stack up, seed synthetic exposures, unembargo what is eligible.
 demo: setup
@@ -31,7 +40,7 @@ test-unit: setup
 
 # Two sessions side by side on one shared stack (each isolated, see tests/stack/conftest.py):
 # most of a stack test is waiting on timers and services, so two overlap well on two cores.
-test-stack: setup
+test-stack: setup browser
 	$(PY) -m pytest tests/stack -n 2 --dist loadfile
 
 $(TYPING)/unembargo: | setup

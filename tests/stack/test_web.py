@@ -12,13 +12,18 @@ file's content.
 
 from __future__ import annotations
 
+import asyncio
 import html
+import json
 import logging
+import os
 import re
+import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,11 +42,12 @@ from support import (
     start_one,
 )
 from unembargo.client.status import exposure_status
+from unembargo.devstack.procs import free_ports
 from unembargo.devstack.seed import seed_exposure
 from unembargo.models.exposure import Policy
 from unembargo.models.names import SA_STEP, STEP_WAITING
 from unembargo.models.settings import Settings
-from unembargo.web.app import create_app
+from unembargo.web.app import create_app, serve
 from unembargo.web.config import WebConfig
 
 TOKEN = f"web-token-{uuid.uuid4().hex}"
@@ -52,6 +58,9 @@ FAST = Policy(heartbeat_s=30, incomplete_wait_s=600, incomplete_poll_s=2)
 # The waiting exposure checks again only after the test.
 WAITING_LONG = Policy(heartbeat_s=30, incomplete_wait_s=3600, incomplete_poll_s=600)
 NO_RUCIO = {"UNEMBARGO_RUCIO_HOST": "http://127.0.0.1:9"}
+# Debian's chromium and chromium-driver, which `make test-stack` installs where they are missing.
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 @dataclass(frozen=True)
@@ -263,6 +272,108 @@ def test_locations_show_each_queue_and_its_pollers(
     assert served and all(q["healthy"] and q["pollers"] for q in served.values())
     assert all(f'data-location="{name}"' in page for name in scenes.locations)
     assert 'data-healthy="yes"' in page and 'class="poller"' in page
+
+
+async def test_browser_follows_the_failed_count_to_the_error_and_its_temporal_link(
+    scenes: Scenes, rendered: list[tuple[str, str]]
+) -> None:
+    """Headless Chromium: overview -> the failed count -> the failed list -> the unit's page.
+
+    With UNEMBARGO_WEB_SCREENSHOTS=<dir> it saves the pages docs/web.md shows.
+    """
+    settings = scenes.settings
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    run_id = (await client.get_workflow_handle(scenes.failed).describe()).run_id
+    port = free_ports()[0]
+    server = asyncio.create_task(serve(WebConfig(settings), "127.0.0.1", port))
+    try:
+        await poll_until(lambda: asyncio.to_thread(_answers, port), timeout=30, what="the page to answer")
+        seen = await asyncio.to_thread(browse, f"http://127.0.0.1:{port}", scenes.failed)
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+    rendered.extend(seen.pages)
+    assert seen.failed_count == "1"
+    assert seen.listed == [scenes.failed]
+    assert seen.error_type == "DestinationConflict"
+    assert seen.error_message and seen.error_message == seen.api_error_message
+    assert seen.temporal_href == (
+        f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
+        f"/workflows/{scenes.failed}/{run_id}/history"
+    )
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Seen:
+    """What a person sees on the way from the overview to the failed exposure's page."""
+
+    failed_count: str = ""
+    listed: list[str] = field(default_factory=list)
+    error_type: str = ""
+    error_message: str = ""
+    api_error_message: str = ""
+    temporal_href: str = ""
+    pages: list[tuple[str, str]] = field(default_factory=list)
+
+
+def browse(base: str, failed: str) -> Seen:
+    """Click through the page in headless Chromium (blocking; the test runs it in a thread)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(arg)
+    shots = os.environ.get("UNEMBARGO_WEB_SCREENSHOTS")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    seen = Seen()
+
+    def visited(name: str) -> None:
+        seen.pages.append((driver.current_url, driver.page_source))
+        if shots:
+            Path(shots).mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(Path(shots) / f"web-{name}.png"))
+
+    try:
+        wait = WebDriverWait(driver, 20)
+        driver.get(base + "/")
+        cell = 'section.flow[data-flow="unembargo"] tr[data-step="zip"] td.count[data-state="failed"] a'
+        link = wait.until(shown.element_to_be_clickable((By.CSS_SELECTOR, cell)))
+        seen.failed_count = link.text.strip()
+        visited("overview")
+        link.click()
+        wait.until(shown.presence_of_element_located((By.CSS_SELECTOR, "tr.unit[data-workflow-id]")))
+        rows = driver.find_elements(By.CSS_SELECTOR, "tr.unit[data-workflow-id]")
+        seen.listed = [row.get_attribute("data-workflow-id") or "" for row in rows]
+        visited("flow-failed")
+        row = driver.find_element(By.CSS_SELECTOR, f'tr.unit[data-workflow-id="{failed}"]')
+        row.find_element(By.CSS_SELECTOR, "a.unit-link").click()
+        wait.until(shown.presence_of_element_located((By.CSS_SELECTOR, "pre.stack-trace")))
+        seen.error_type = driver.find_element(By.CSS_SELECTOR, ".error-type").text
+        seen.error_message = driver.find_element(By.CSS_SELECTOR, ".error-message").text
+        href = driver.find_element(By.CSS_SELECTOR, "a.temporal-link").get_attribute("href")
+        seen.temporal_href = href or ""
+        visited("unit-failed")
+        with urllib.request.urlopen(f"{base}/api/flows/unembargo/units/{failed}", timeout=10) as got:
+            seen.api_error_message = json.load(got)["failure"]["message"]
+        driver.get(base + "/locations")
+        wait.until(shown.presence_of_element_located((By.CSS_SELECTOR, "[data-location]")))
+        visited("locations")
+    finally:
+        driver.quit()
+    return seen
 
 
 def test_actions_refuse_without_the_token_and_are_done_and_logged_with_it(
