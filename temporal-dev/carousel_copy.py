@@ -1,11 +1,12 @@
-"""The local stack's stand-in for FTS3 in the carousel flow: the copy step of a staging rule.
+"""The local stack's hand stand-in for FTS3 in the carousel flow: the copy step of a staging rule.
 
-The stack runs no FTS3 (and no conveyor), so nothing moves a file a rule asks for. This does
-what a transfer would for one file of a rule at a destination RSE: copy the file from its source
-RSE's path (both RSEs' ``file`` protocol) to the destination's path, check its adler32 against
-Rucio's, and mark the destination replica AVAILABLE, which Rucio turns into an OK lock (and an
-OK rule when every lock is). Production uses FTS3 and Rucio's conveyor; the flow under test only
-ever reads the locks, so it cannot tell the two apart.
+Most carousel stack tests decide themselves when each file comes off tape, so they stage by hand
+with this; the conveyor test runs Rucio's own conveyor with a copying transfertool instead
+(rucio_copytool.py). This does what a transfer would for one file of a rule at a destination RSE:
+copy the file from its source RSE's path (both RSEs' ``file`` protocol) to the destination's
+path, check its adler32 against Rucio's, and mark the destination replica AVAILABLE, which Rucio
+turns into an OK lock (and an OK rule when every lock is). Production uses FTS3 and Rucio's
+conveyor; the flow only ever reads the locks, so it cannot tell them apart.
 """
 
 from __future__ import annotations
