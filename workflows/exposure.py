@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import Priority
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -22,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from unembargo.models import names
     from unembargo.models.errors import RERUN
     from unembargo.models.exposure import (
+        STEP_PRIORITY,
         STEPS,
         ExportReceipt,
         Exposure,
@@ -133,6 +135,7 @@ class ExposureWorkflow:
             start_to_close_timeout=spec.timeout,
             heartbeat_timeout=timedelta(seconds=inp.policy.heartbeat_s),
             retry_policy=spec.retry,
+            priority=Priority(priority_key=STEP_PRIORITY[step]),
         )
         self._state.steps[step] = StepState(
             done=True, when=workflow.now().isoformat(), receipt=asdict(receipt)
