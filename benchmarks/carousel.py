@@ -29,18 +29,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests" / "stack"), str(REPO / "benchmarks")]
 
-from sqlmodel import Session  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
 from report import write_results  # noqa: E402
-from support import WorkerProcess, poll_until, stack_settings  # noqa: E402
+from support import WorkerProcess, carousel_location, poll_until, stack_settings  # noqa: E402
 from unembargo.adapters.stomp import StompConnection  # noqa: E402
 from unembargo.client import carousel as api  # noqa: E402
 from unembargo.devstack import broker, carousel_copy, procs, rucio_server, stack  # noqa: E402
-from unembargo.models.carousel import CarouselPolicy, CarouselRequest, CarouselSettings  # noqa: E402
-from unembargo.models.locations import DataLocation, LocationType, StorageType, upsert_location  # noqa: E402
+from unembargo.models.carousel import CarouselPolicy, CarouselRequest  # noqa: E402
 from unembargo.models.settings import Settings  # noqa: E402
-from unembargo.models.tables import connect  # noqa: E402
 
 POLICIES = {
     "production defaults (5 s, x1.5, max 30 s)": CarouselPolicy(),
@@ -59,14 +56,7 @@ async def run(settings: Settings, client: Client, rucio: Any, files: int) -> dic
         rucio_server.ensure_rse(rucio, rse, root / rse / scope)
         rucio.set_local_account_limit(settings.rucio_account, rse, 10**12)
     location = f"bench-carousel-{tag}"
-    with Session(connect(settings.database_url.get_secret_value())) as session:
-        upsert_location(
-            session,
-            DataLocation(name=location, site=f"bsite-{tag}", type=LocationType.PROCESSING,
-                         storage=StorageType.DISK, path=str(root / disk / scope)),
-            short_name=f"b{tag}",
-        )  # fmt: skip
-        queues = api.route(session, CarouselSettings(location=location))
+    queues = carousel_location(settings, location, f"bsite-{tag}", f"b{tag}", root / disk / scope)
     [port] = procs.free_ports(1)
     srv, _ = broker.start_thread(port)
     worker = WorkerProcess(settings, [location], env={"UNEMBARGO_CAROUSEL_BROKER_PORT": str(port)})

@@ -453,7 +453,16 @@ def ensure_scope(client: Client, account: str, scope: str) -> None:
         client.add_scope(account, scope)
 
 
-def ensure_rse(client: Client, rse: str, prefix: Path) -> None:
+# What the stack's file protocol allows by default; an RSE the conveyor copies between also
+# needs third-party copies on its wan domain.
+Domains = dict[str, dict[str, int]]
+FILE_DOMAINS: Domains = {
+    "lan": {"read": 1, "write": 1, "delete": 1},
+    "wan": {"read": 1, "write": 1, "delete": 1},
+}
+
+
+def ensure_rse(client: Client, rse: str, prefix: Path, domains: Domains = FILE_DOMAINS) -> None:
     """A deterministic RSE whose file PFN is prefix/scope/name, so files register where they lie."""
     from rucio.common.exception import RSENotFound
 
@@ -466,10 +475,16 @@ def ensure_rse(client: Client, rse: str, prefix: Path) -> None:
         raise StackError(f"RSE {rse} exists but is not deterministic; use another rucio_rse")
     if client.list_rse_attributes(rse).get("lfn2pfn_algorithm") != "identity":
         client.add_rse_attribute(rse, "lfn2pfn_algorithm", "identity")
-    ensure_file_protocol(client, rse, prefix, info.get("protocols") or [])
+    ensure_file_protocol(client, rse, prefix, info.get("protocols") or [], domains)
 
 
-def ensure_file_protocol(client: Client, rse: str, prefix: Path, protocols: list[dict[str, object]]) -> None:
+def ensure_file_protocol(
+    client: Client,
+    rse: str,
+    prefix: Path,
+    protocols: list[dict[str, object]],
+    domains: Domains = FILE_DOMAINS,
+) -> None:
     """Add the posix ``file`` protocol at ``prefix``; refuse to move an existing one elsewhere."""
     wanted = str(prefix.resolve()).rstrip("/") + "/"
     for proto in protocols:
@@ -489,10 +504,7 @@ def ensure_file_protocol(client: Client, rse: str, prefix: Path, protocols: list
             "port": 0,
             "prefix": wanted,
             "impl": FILE_PROTOCOL_IMPL,
-            "domains": {
-                "lan": {"read": 1, "write": 1, "delete": 1},
-                "wan": {"read": 1, "write": 1, "delete": 1},
-            },
+            "domains": domains,
         },
     )
 

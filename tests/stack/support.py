@@ -21,9 +21,11 @@ from typing import Any
 from sqlmodel import Session, select
 from temporalio.client import Client, WorkflowHandle
 
+from unembargo.client import carousel as carousel_api
 from unembargo.devstack.s3 import LOCAL_ENV
 from unembargo.devstack.seed import SeededExposure, seed_exposure
 from unembargo.engine.starter import start_exposures
+from unembargo.models.carousel import CarouselSettings
 from unembargo.models.exposure import Exposure, Policy, StepQueues
 from unembargo.models.locations import DataLocation, LocationType, Operation, StorageType
 from unembargo.models.settings import Settings
@@ -145,6 +147,20 @@ def add_locations(settings: Settings, site: str, **fields: Any) -> list[str]:
 
 
 _days = random.Random()
+
+
+def carousel_location(
+    settings: Settings, name: str, site: str, short_name: str, path: Path
+) -> dict[str, str]:
+    """A processing location on disk at ``path`` for the carousel's staging; its steps' queues."""
+    with Session(connect(settings.database_url.get_secret_value())) as session:
+        upsert_location(
+            session,
+            DataLocation(name=name, site=site, type=LocationType.PROCESSING, storage=StorageType.DISK,
+                         path=str(path)),
+            short_name=short_name,
+        )  # fmt: skip
+        return carousel_api.route(session, CarouselSettings(location=name))
 
 
 def fresh_day() -> int:

@@ -28,10 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from rucio.common.exception import RuleNotFound
-from sqlmodel import Session
 from temporalio.client import Client
 
-from support import WorkerProcess, effects, poll_until, stack_settings
+from support import WorkerProcess, carousel_location, effects, poll_until, stack_settings
 from unembargo.adapters import carousel_rucio
 from unembargo.adapters.stomp import Frame, StompConnection
 from unembargo.client import carousel as api
@@ -48,9 +47,7 @@ from unembargo.models.carousel import (
     request_workflow_id,
 )
 from unembargo.models.carousel_throttle import ThrottleLimits
-from unembargo.models.locations import DataLocation, LocationType, StorageType, upsert_location
 from unembargo.models.settings import Settings
-from unembargo.models.tables import connect
 
 FILES = 10
 # The broker's outage in test_broker_down_for_a_minute_then_delivered.
@@ -113,14 +110,7 @@ def carousel(
         rucio_server.ensure_rse(rucio, rse, folder)
         rucio.set_local_account_limit(settings.rucio_account, rse, 10**12)
     name = f"carousel-{tag}"
-    with Session(connect(settings.database_url.get_secret_value())) as session:
-        upsert_location(
-            session,
-            DataLocation(name=name, site=f"csite-{tag}", type=LocationType.PROCESSING,
-                         storage=StorageType.DISK, path=str(root / disk_rse / scope)),
-            short_name=f"c{tag}",
-        )  # fmt: skip
-        queues = api.route(session, CarouselSettings(location=name))
+    queues = carousel_location(settings, name, f"csite-{tag}", f"c{tag}", root / disk_rse / scope)
     [port] = procs.free_ports(1)
     markers = root / "crash-markers"
     markers.mkdir()

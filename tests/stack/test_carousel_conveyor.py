@@ -22,11 +22,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from sqlmodel import Session
 from temporalio.client import Client
 from test_carousel import Carousel, dataset_rules, messages, tape_dataset, wait_state
 
-from support import WorkerProcess, stack_settings
+from support import WorkerProcess, carousel_location, stack_settings
 from unembargo.adapters.stomp import Frame, StompConnection
 from unembargo.client import carousel as api
 from unembargo.devstack import procs, rucio_server
@@ -35,15 +34,12 @@ from unembargo.models.carousel import (
     FILE_MESSAGE,
     CarouselPolicy,
     CarouselRequest,
-    CarouselSettings,
     CarouselState,
     Status,
     message_id,
     request_workflow_id,
 )
-from unembargo.models.locations import DataLocation, LocationType, StorageType, upsert_location
 from unembargo.models.settings import Settings
-from unembargo.models.tables import connect
 
 FILES = 20
 # The RSE attribute (and expression) the conveyor's submitter is limited to.
@@ -58,8 +54,8 @@ DAEMON_OPTIONS = {
 POLICY = CarouselPolicy(poll_first_s=0.3, poll_backoff=1.5, poll_max_s=1.0, heartbeat_s=10.0)
 # The file protocol of the conveyor's RSEs: the submitter looks for third-party-copy rights.
 DOMAINS = {
-    "lan": {"read": 1, "write": 1, "delete": 1},
-    "wan": {"read": 1, "write": 1, "delete": 1, "third_party_copy_read": 1, "third_party_copy_write": 1},
+    **rucio_server.FILE_DOMAINS,
+    "wan": {**rucio_server.FILE_DOMAINS["wan"], "third_party_copy_read": 1, "third_party_copy_write": 1},
 }
 
 
@@ -110,14 +106,9 @@ def conveyor_rse(rucio: Any, rse: str, folder: Path, tape: bool, scoped: bool = 
     """A file RSE at ``folder`` as ``rucio_server.ensure_rse`` makes them, open to the conveyor:
     its file protocol allows third-party copies, and (if ``scoped``) it has the conveyor's attribute."""
     rucio.add_rse(rse, deterministic=True, rse_type="TAPE" if tape else "DISK")
-    rucio.add_rse_attribute(rse, "lfn2pfn_algorithm", "identity")  # PFN = prefix/scope/name
     if scoped:
         rucio.add_rse_attribute(rse, SCOPE_ATTRIBUTE, True)
-    rucio.add_protocol(
-        rse,
-        {"scheme": "file", "hostname": "", "port": 0, "prefix": f"{folder.resolve()}/",
-         "impl": rucio_server.FILE_PROTOCOL_IMPL, "domains": DOMAINS},
-    )  # fmt: skip
+    rucio_server.ensure_rse(rucio, rse, folder, DOMAINS)
 
 
 @dataclass
@@ -148,14 +139,7 @@ def carousel(
         for disk in (disk_rse, outside):
             rucio.add_distance(tape, disk, {"distance": 1})
     name = f"conveyor-{tag}"
-    with Session(connect(settings.database_url.get_secret_value())) as session:
-        upsert_location(
-            session,
-            DataLocation(name=name, site=f"vsite-{tag}", type=LocationType.PROCESSING,
-                         storage=StorageType.DISK, path=str(root / disk_rse / scope)),
-            short_name=f"v{tag}",
-        )  # fmt: skip
-        queues = api.route(session, CarouselSettings(location=name))
+    queues = carousel_location(settings, name, f"vsite-{tag}", f"v{tag}", root / disk_rse / scope)
     [port] = procs.free_ports(1)
     c = ConveyorCarousel(settings, rucio, scope, tape_rse, other_tape, disk_rse, queues,
                          f"/queue/conveyor-{tag}", port, name, root / "markers", outside=outside)  # fmt: skip
