@@ -194,7 +194,7 @@ STEP_OF_ACTIVITY = step_of_activity(STEPS)
 # step goes ahead of an earlier one, so with a backlog queued at once the exposures already
 # zipped finish before more zips start, and exposures come out at a steady rate instead of all
 # at the end of the drain (benchmarks/backlog.py). Within one key, tasks go in arrival order.
-STEP_PRIORITY: Mapping[Step, int] = MappingProxyType({step: 5 - i for i, step in enumerate(Step)})
+STEP_PRIORITY: Mapping[Step, int] = MappingProxyType({step: len(Step) - i for i, step in enumerate(Step)})
 
 
 @dataclass
