@@ -186,11 +186,14 @@ def row_of(page: str, wid: str) -> str:
     return found.group(0)
 
 
+def ui_href(settings: Settings, wid: str, run_id: str) -> str:
+    """The Temporal UI's page of one run."""
+    namespace = f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
+    return f"{namespace}/workflows/{wid}/{run_id}/history"
+
+
 def ui_link(settings: Settings, wid: str, run_id: str) -> str:
-    return (
-        f'<a class="temporal-link" href="{settings.temporal_ui_url}/namespaces/'
-        f'{settings.temporal_namespace}/workflows/{wid}/{run_id}/history">'
-    )
+    return f'<a class="temporal-link" href="{ui_href(settings, wid, run_id)}">'
 
 
 def test_overview_counts_every_state_per_step(
@@ -297,10 +300,7 @@ async def test_browser_follows_the_failed_count_to_the_error_and_its_temporal_li
     assert seen.listed == [scenes.failed]
     assert seen.error_type == "DestinationConflict"
     assert seen.error_message and seen.error_message == seen.api_error_message
-    assert seen.temporal_href == (
-        f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
-        f"/workflows/{scenes.failed}/{run_id}/history"
-    )
+    assert seen.temporal_href == ui_href(settings, scenes.failed, run_id)
 
 
 def _answers(port: int) -> bool:
