@@ -50,9 +50,10 @@ if TYPE_CHECKING:
 # them: a complete exposure that is quick to seed and zip.
 FEW = (0, 1, 190)
 FILE_SIZE = 8 * 1024
-# Short timers, so the waiting cases give up within seconds; the wait is long enough
-# that a first zip attempt slowed by the rest of the batch still leaves time to wait.
-POLICY = Policy(heartbeat_s=10, incomplete_wait_s=20, incomplete_poll_s=2)
+# Short timers, so the waiting cases give up within a minute; the wait is long enough
+# that a first zip attempt slowed by the rest of the batch (whose later steps go ahead of
+# zips on the queue: STEP_PRIORITY) still leaves time to wait.
+POLICY = Policy(heartbeat_s=10, incomplete_wait_s=60, incomplete_poll_s=2)
 # Guards the whole batch against a hang; the cases themselves take well under a minute.
 BATCH_TIMEOUT_S = 300
 # The cases' days: before any day fresh_day() gives (2000-2019), so another module's
